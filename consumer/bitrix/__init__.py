@@ -1,0 +1,1 @@
+"""The Bitrix24 side: REST client, error classification, OAuth tokens and portal limits."""

@@ -1,0 +1,133 @@
+"""Every Bitrix24 response and transport error mapped to one error class, in one place.
+
+Handles both whole-call failure shapes of the reference (§3.7 caveat): HTTP 4xx/5xx with
+`error`, and HTTP 200 with `result.SUCCESS == false`; and per-element `SUCCESS: false`
+inside `DATA.RESULT`. Unknown 4xx codes are permanent, unknown 5xx transient.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from consumer.errors import (
+    AmbiguousError,
+    AuthError,
+    BitrixError,
+    CausalWait,
+    PermanentError,
+    Throttled,
+    TransientError,
+)
+
+THROTTLED_CODES = frozenset({"QUERY_LIMIT_EXCEEDED", "OPERATION_TIME_LIMIT"})
+AUTH_CODES = frozenset({"expired_token", "invalid_token", "NO_AUTH_FOUND"})
+CAUSAL_CODES = frozenset({"CHAT_RENAMING_FAILED"})
+# Server-side trouble that is worth retrying; OVERLOAD_LIMIT is a manual block, so it is
+# retried slowly (the breaker opens) rather than dead-lettered.
+TRANSIENT_CODES = frozenset({"INTERNAL_SERVER_ERROR", "ERROR_UNEXPECTED_ANSWER", "OVERLOAD_LIMIT",
+                             "CONNECTION_ERROR"})
+
+
+def classify_error(http_status: int, code: str | None, description: str | None,
+                   retry_after: float | None = None) -> BitrixError:
+    """The exception for a failed call with this HTTP status and Bitrix24 error code."""
+    text = f"{code or 'HTTP ' + str(http_status)}: {description or ''}".strip().rstrip(":")
+    kwargs: dict[str, Any] = {"code": code, "http_status": http_status, "retry_after": retry_after}
+    if code in THROTTLED_CODES:
+        return Throttled(text, **kwargs)
+    if code in AUTH_CODES:
+        return AuthError(text, **kwargs)
+    if code in CAUSAL_CODES:
+        return CausalWait(text, **kwargs)
+    if code in TRANSIENT_CODES:
+        return TransientError(text, **kwargs)
+    if http_status == 429:
+        return Throttled(text, **kwargs)
+    if http_status >= 500 or http_status in (408, 425):
+        return TransientError(text, **kwargs)
+    if http_status == 401 and code is None:
+        return AuthError(text, **kwargs)
+    return PermanentError(text, **kwargs)
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+def check_response(response: httpx.Response) -> dict[str, Any]:
+    """Return the decoded envelope of a successful call, or raise the classified error."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise classify_error(response.status_code if response.status_code != 200 else 502,
+                             None, "response is not a JSON object", _retry_after(response))
+    if response.status_code != 200 or "error" in body:
+        raise classify_error(response.status_code, body.get("error"),
+                             body.get("error_description"), _retry_after(response))
+    result = body.get("result")
+    # Older servers: whole-call failure as HTTP 200 with result.SUCCESS == false.
+    if isinstance(result, dict) and result.get("SUCCESS") is False:
+        code = result.get("error") or result.get("ERROR_CODE") or "SUCCESS_FALSE"
+        raise classify_error(400, str(code), result.get("error_description") or
+                             str(result.get("ERRORS") or result.get("error_description") or ""))
+    return body
+
+
+def element_results(body: dict[str, Any], count: int) -> list[tuple[bool, str | None]]:
+    """Per-element `(ok, error text)` from `result.DATA.RESULT`, index-aligned with MESSAGES.
+
+    Methods whose `DATA` carries no per-element list (the status methods) succeed whole.
+    """
+    result = body.get("result")
+    data = result.get("DATA") if isinstance(result, dict) else None
+    items = data.get("RESULT") if isinstance(data, dict) else None
+    if not isinstance(items, list):
+        return [(True, None)] * count
+    out: list[tuple[bool, str | None]] = []
+    for index in range(count):
+        item = items[index] if index < len(items) else None
+        if not isinstance(item, dict):
+            out.append((False, "MISSING_ELEMENT_RESULT: the response had no result for it"))
+        elif item.get("SUCCESS") is False:
+            errors = item.get("ERRORS") or ["SUCCESS_FALSE"]
+            out.append((False, "; ".join(str(e) for e in errors)))
+        else:
+            out.append((True, None))
+    return out
+
+
+def element_result_data(body: dict[str, Any], index: int) -> dict[str, Any] | None:
+    """The useful part of element `index`'s result: Bitrix user id and session ids."""
+    result = body.get("result")
+    data = result.get("DATA") if isinstance(result, dict) else None
+    items = data.get("RESULT") if isinstance(data, dict) else None
+    if not isinstance(items, list) or index >= len(items) or not isinstance(items[index], dict):
+        return None
+    item = items[index]
+    out: dict[str, Any] = {}
+    if "user" in item:
+        out["user"] = item["user"]
+    session = item.get("session")
+    if isinstance(session, dict):
+        out["session_id"] = session.get("ID")
+        out["chat_id"] = session.get("CHAT_ID")
+    return out or None
+
+
+def classify_transport(exc: httpx.HTTPError) -> BitrixError:
+    """Transport failures: before the request left (safe) or after (ambiguous)."""
+    name = type(exc).__name__
+    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout):
+        return TransientError(f"{name}: request never reached the portal ({exc})"[:300],
+                              code=name)
+    return AmbiguousError(f"{name}: the request may have been applied ({exc})"[:300], code=name)

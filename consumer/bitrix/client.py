@@ -1,0 +1,93 @@
+"""The Bitrix24 REST client: one POST per call with the portal's OAuth token, errors classified.
+
+Refreshes the token once on `expired_token`/`invalid_token`/`NO_AUTH_FOUND` and repeats the
+call; a second auth failure is permanent (`AuthFailed`). Limits and retries are the
+dispatcher's job (`consumer.dispatch`).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+
+from consumer.bitrix.classify import check_response, classify_transport
+from consumer.bitrix.oauth import PortalTokens, TokenSet, TokenStore
+from consumer.errors import AuthError, AuthFailed, ConfigError
+from consumer.settings import HttpSettings, PortalSettings
+
+
+def seed_tokens(settings: PortalSettings) -> TokenSet | None:
+    """The token pair given in the settings, if any (older than anything in the store)."""
+    if settings.access_token is None or settings.refresh_token is None:
+        return None
+    return TokenSet(
+        access_token=settings.access_token.get_secret_value(),
+        refresh_token=settings.refresh_token.get_secret_value(),
+        expires_at=0.0, client_endpoint=settings.rest_url, issued_at=0.0,
+    )
+
+
+class BitrixClient:
+    """Calls `imconnector.*` methods on the configured portals."""
+
+    def __init__(
+        self,
+        portals: dict[str, PortalSettings],
+        http_settings: HttpSettings,
+        store: TokenStore,
+        *,
+        on_refresh: object = None,
+    ) -> None:
+        timeout = httpx.Timeout(http_settings.read_timeout_s,
+                                connect=http_settings.connect_timeout_s)
+        limits = httpx.Limits(max_connections=http_settings.max_connections,
+                              max_keepalive_connections=http_settings.max_connections)
+        self._http = httpx.AsyncClient(
+            timeout=timeout, limits=limits,
+            headers={"User-Agent": http_settings.user_agent, "Accept": "application/json"},
+        )
+        self.portals = portals
+        self.tokens: dict[str, PortalTokens] = {
+            name: PortalTokens(
+                name, seed_tokens(cfg), oauth_url=cfg.oauth_url, client_id=cfg.client_id,
+                client_secret=cfg.client_secret.get_secret_value(), store=store,
+                http=self._http, on_refresh=on_refresh)
+            for name, cfg in portals.items()
+        }
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self._http.aclose()
+
+    def _portal(self, portal: str) -> PortalTokens:
+        tokens = self.tokens.get(portal)
+        if tokens is None:
+            raise ConfigError(f"portal {portal!r} is not configured (IMCONNECTOR_PORTALS)")
+        return tokens
+
+    async def call(self, portal: str, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        """POST `method` with `params`; return the envelope or raise a `BitrixError`."""
+        tokens = self._portal(portal)
+        for attempt in (1, 2):
+            current = tokens.current()
+            endpoint = current.client_endpoint or self.portals[portal].rest_url
+            try:
+                response = await self._http.post(
+                    f"{endpoint}{method}", json={**params, "auth": current.access_token})
+            except httpx.HTTPError as exc:
+                raise classify_transport(exc) from None
+            try:
+                return check_response(response)
+            except AuthError as exc:
+                if attempt == 2:
+                    raise AuthFailed(f"still unauthorised after a token refresh: {exc}",
+                                     code=exc.code, http_status=exc.http_status) from None
+                await tokens.refresh(current.access_token)
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def wall_time() -> float:
+        """Unix time, for `operating_reset_at` arithmetic."""
+        return time.time()

@@ -1,0 +1,370 @@
+"""Bytes <-> `ChatEvent`: Confluent Schema Registry framing and Avro single-object encoding.
+
+The wire format is detected per record from its first bytes:
+
+* `00 <schema id: 4 bytes big-endian> <avro>` — the writer schema is fetched from a
+  Confluent-compatible registry once per id and resolved against the bundled reader.
+* `C3 01 <CRC-64-AVRO fingerprint: 8 bytes little-endian> <avro>` — the writer schema is
+  looked up among the bundled released versions; no registry needed.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import threading
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, Literal, cast
+
+import fastavro
+import httpx
+from fastavro.schema import fingerprint, to_parsing_canonical_form
+
+import schemas
+from consumer.errors import (
+    PoisonRecord,
+    RegistryUnavailable,
+    SchemaMismatch,
+    UnknownSchema,
+    UnknownWireFormat,
+)
+from consumer.events import (
+    ChatEvent,
+    ChatRenamed,
+    DeliveryConfirmed,
+    ExternalUser,
+    File,
+    MessageDeleted,
+    MessageEdited,
+    MessageSent,
+    Payload,
+    ReadConfirmed,
+)
+
+WireFormat = Literal["confluent", "single-object"]
+
+CONFLUENT_MAGIC = 0
+SINGLE_OBJECT_MAGIC = b"\xc3\x01"
+NAMESPACE = "io.imconnector.events"
+SUBJECT_SUFFIX = "-value"
+_MAX_RECORD_BYTES = 10 * 1024 * 1024
+
+__all__ = [
+    "ChatEventDecoder",
+    "ChatEventEncoder",
+    "SchemaRegistryClient",
+    "WireFormat",
+    "event_from_record",
+    "event_to_record",
+]
+
+
+def _plain(schema: Any) -> Any:
+    """A copy of `schema` without logical types: same canonical form, much faster to read
+    (no datetime/UUID objects built per record; the models keep epoch millis and strings)."""
+    if isinstance(schema, dict):
+        return {k: _plain(v) for k, v in schema.items() if k != "logicalType"}
+    if isinstance(schema, list):
+        return [_plain(item) for item in schema]
+    return schema
+
+
+def parse_plain(schema: Mapping[str, Any]) -> Any:
+    """Parse `schema` for decoding, with logical types stripped."""
+    return fastavro.parse_schema(_plain(schema))
+
+
+def _fingerprint(schema: Mapping[str, Any]) -> bytes:
+    return bytes.fromhex(fingerprint(to_parsing_canonical_form(schema), "CRC-64-AVRO"))
+
+
+class _Bundle:
+    """The released schema versions, parsed once: reader (newest) and fingerprint index."""
+
+    def __init__(self) -> None:
+        versions = schemas.released_versions()
+        self.reader_raw = versions[-1][1]
+        self.reader = parse_plain(self.reader_raw)
+        self.reader_fingerprint = _fingerprint(self.reader_raw)
+        self.by_fingerprint: dict[bytes, Any] = {}
+        for _, raw in versions:
+            parsed = self.reader if raw is self.reader_raw else parse_plain(raw)
+            self.by_fingerprint[_fingerprint(raw)] = parsed
+
+
+_bundle_lock = threading.Lock()
+_bundle: _Bundle | None = None
+
+
+def _get_bundle() -> _Bundle:
+    global _bundle  # noqa: PLW0603 - parsed lazily once per process
+    with _bundle_lock:
+        if _bundle is None:
+            _bundle = _Bundle()
+        return _bundle
+
+
+class SchemaRegistryClient:
+    """A small Confluent Schema Registry client: fetch by id (cached) and register."""
+
+    def __init__(self, url: str, *, timeout: float = 5.0, auth: tuple[str, str] | None = None):
+        self.url = url.rstrip("/")
+        self._http = httpx.Client(timeout=timeout, auth=auth)
+        self._by_id: dict[int, Any] = {}
+        self._ids: dict[tuple[str, str], int] = {}
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        """Close the HTTP connection pool."""
+        self._http.close()
+
+    def get_schema(self, schema_id: int) -> Any:
+        """Return the parsed writer schema for `schema_id`; raises `UnknownSchema` on 404."""
+        with self._lock:
+            cached = self._by_id.get(schema_id)
+        if cached is not None:
+            return cached
+        try:
+            response = self._http.get(f"{self.url}/schemas/ids/{schema_id}")
+        except httpx.HTTPError as exc:
+            raise RegistryUnavailable(
+                f"schema registry {self.url} unreachable ({type(exc).__name__}); "
+                "records wait until it answers"
+            ) from exc
+        if response.status_code == 404:
+            raise UnknownSchema(f"schema id {schema_id} is unknown to the registry",
+                                code="UNKNOWN_SCHEMA_ID")
+        if response.status_code != 200:
+            raise RegistryUnavailable(
+                f"schema registry {self.url} answered HTTP {response.status_code} for id "
+                f"{schema_id}"
+            )
+        try:
+            parsed = parse_plain(json.loads(response.json()["schema"]))
+        except (ValueError, KeyError, fastavro.schema.SchemaParseException) as exc:
+            raise UnknownSchema(f"schema id {schema_id} is not a valid Avro schema: {exc}",
+                                code="INVALID_WRITER_SCHEMA") from exc
+        with self._lock:
+            self._by_id[schema_id] = parsed
+        return parsed
+
+    def register(self, subject: str, schema: Mapping[str, Any]) -> int:
+        """Register `schema` under `subject` (idempotent) and return its id."""
+        text = json.dumps(schema, separators=(",", ":"), sort_keys=True)
+        with self._lock:
+            known = self._ids.get((subject, text))
+        if known is not None:
+            return known
+        try:
+            response = self._http.post(
+                f"{self.url}/subjects/{subject}/versions",
+                json={"schema": text},
+                headers={"Content-Type": "application/vnd.schemaregistry.v1+json"},
+            )
+            response.raise_for_status()
+        except httpx.HTTPError as exc:
+            raise RegistryUnavailable(f"registering {subject} at {self.url} failed: {exc}") from exc
+        schema_id = int(response.json()["id"])
+        with self._lock:
+            self._ids[(subject, text)] = schema_id
+        return schema_id
+
+    def is_compatible(self, subject: str, schema: Mapping[str, Any]) -> bool:
+        """Ask the registry whether `schema` is compatible with the subject's latest version."""
+        response = self._http.post(
+            f"{self.url}/compatibility/subjects/{subject}/versions/latest",
+            json={"schema": json.dumps(schema)},
+            headers={"Content-Type": "application/vnd.schemaregistry.v1+json"},
+        )
+        if response.status_code == 404:
+            return True  # no version yet: anything is compatible
+        response.raise_for_status()
+        return bool(response.json()["is_compatible"])
+
+
+def _millis(value: Any) -> int:
+    if isinstance(value, datetime):
+        return int(value.timestamp() * 1000)
+    return int(value)
+
+
+def _files(items: Any) -> tuple[File, ...]:
+    return tuple(File(url=f["url"], name=f.get("name")) for f in items or ())
+
+
+def _payload_from(name: str, body: Mapping[str, Any]) -> Payload:
+    short = name.rsplit(".", 1)[-1]
+    if short == "MessageSent":
+        return MessageSent(
+            message_id=body["message_id"], text=body.get("text"), files=_files(body.get("files")),
+            chat_name=body.get("chat_name"), chat_url=body.get("chat_url"),
+            disable_crm=bool(body.get("disable_crm", False)), operator_id=body.get("operator_id"),
+        )
+    if short == "MessageEdited":
+        return MessageEdited(message_id=body["message_id"], text=body.get("text"),
+                             files=_files(body.get("files")))
+    if short == "MessageDeleted":
+        return MessageDeleted(message_id=body["message_id"])
+    if short == "ChatRenamed":
+        return ChatRenamed(name=body["name"])
+    if short == "DeliveryConfirmed":
+        delivered = body.get("delivered_at")
+        return DeliveryConfirmed(
+            im_chat_id=int(body["im_chat_id"]), im_message_id=int(body["im_message_id"]),
+            message_ids=tuple(body["message_ids"]),
+            delivered_at=None if delivered is None else _millis(delivered),
+        )
+    if short == "ReadConfirmed":
+        return ReadConfirmed(im_chat_id=int(body["im_chat_id"]),
+                             im_message_id=int(body["im_message_id"]),
+                             message_ids=tuple(body["message_ids"]))
+    raise SchemaMismatch(f"unknown payload branch {name!r}", code="UNKNOWN_PAYLOAD")
+
+
+def event_from_record(record: Mapping[str, Any]) -> ChatEvent:
+    """Build a `ChatEvent` from a fastavro record read with `return_record_name=True`."""
+    payload_raw = record["payload"]
+    if not isinstance(payload_raw, tuple):
+        raise SchemaMismatch("payload union without a branch name", code="UNKNOWN_PAYLOAD")
+    user_raw = record.get("user")
+    user = ExternalUser(**user_raw) if user_raw else None
+    return ChatEvent(
+        event_id=str(record["event_id"]), portal=record["portal"], connector=record["connector"],
+        line=int(record["line"]), chat_id=record["chat_id"],
+        occurred_at=_millis(record["occurred_at"]),
+        payload=_payload_from(payload_raw[0], payload_raw[1]),
+        sequence=record.get("sequence"), user=user,
+    )
+
+
+def _payload_record(payload: Payload) -> tuple[str, dict[str, Any]]:
+    body: dict[str, Any]
+    if isinstance(payload, MessageSent):
+        body = {"message_id": payload.message_id, "text": payload.text,
+                "files": [{"url": f.url, "name": f.name} for f in payload.files],
+                "chat_name": payload.chat_name, "chat_url": payload.chat_url,
+                "disable_crm": payload.disable_crm, "operator_id": payload.operator_id}
+    elif isinstance(payload, MessageEdited):
+        body = {"message_id": payload.message_id, "text": payload.text,
+                "files": [{"url": f.url, "name": f.name} for f in payload.files]}
+    elif isinstance(payload, MessageDeleted):
+        body = {"message_id": payload.message_id}
+    elif isinstance(payload, ChatRenamed):
+        body = {"name": payload.name}
+    elif isinstance(payload, DeliveryConfirmed):
+        body = {"im_chat_id": payload.im_chat_id, "im_message_id": payload.im_message_id,
+                "message_ids": list(payload.message_ids), "delivered_at": payload.delivered_at}
+    else:
+        body = {"im_chat_id": payload.im_chat_id, "im_message_id": payload.im_message_id,
+                "message_ids": list(payload.message_ids)}
+    return f"{NAMESPACE}.{payload.kind}", body
+
+
+def event_to_record(event: ChatEvent) -> dict[str, Any]:
+    """The fastavro-writable dict of `event` (payload in tuple notation)."""
+    user = event.user
+    return {
+        "event_id": event.event_id, "portal": event.portal, "connector": event.connector,
+        "line": event.line, "chat_id": event.chat_id, "sequence": event.sequence,
+        "occurred_at": event.occurred_at,
+        "user": None if user is None else {
+            "id": user.id, "name": user.name, "last_name": user.last_name,
+            "picture_url": user.picture_url, "url": user.url, "gender": user.gender,
+            "email": user.email, "phone": user.phone,
+        },
+        "payload": _payload_record(event.payload),
+    }
+
+
+class ChatEventDecoder:
+    """Decodes record values in either wire format into `ChatEvent`s.
+
+    Raises a `PoisonRecord` subclass for bytes that can never decode, and
+    `RegistryUnavailable` when the registry is needed but does not answer.
+    """
+
+    def __init__(self, registry: SchemaRegistryClient | None = None) -> None:
+        self._registry = registry
+        self._bundle = _get_bundle()
+
+    def decode(self, value: bytes | None) -> ChatEvent:
+        """Decode one record value."""
+        if not value:
+            raise UnknownWireFormat("empty record value (a tombstone?)", code="EMPTY")
+        if len(value) > _MAX_RECORD_BYTES:
+            raise SchemaMismatch(f"record of {len(value)} bytes exceeds the 10 MiB limit",
+                                 code="TOO_LARGE")
+        if value[0] == CONFLUENT_MAGIC:
+            if len(value) < 5:
+                raise UnknownWireFormat("Confluent framing truncated before the schema id",
+                                        code="TRUNCATED")
+            (schema_id,) = struct.unpack_from(">I", value, 1)
+            if self._registry is None:
+                raise UnknownSchema(
+                    f"record uses Confluent framing (schema id {schema_id}) but no schema "
+                    "registry is configured (set IMCONNECTOR_SCHEMA_REGISTRY_URL)",
+                    code="NO_REGISTRY")
+            writer = self._registry.get_schema(schema_id)
+            return self._read(value, 5, writer)
+        if value[:2] == SINGLE_OBJECT_MAGIC:
+            if len(value) < 10:
+                raise UnknownWireFormat("single-object header truncated", code="TRUNCATED")
+            fp = value[2:10]
+            writer = self._bundle.by_fingerprint.get(fp)
+            if writer is None:
+                raise UnknownSchema(
+                    f"fingerprint {fp.hex()} matches no bundled ChatEvent version",
+                    code="UNKNOWN_FINGERPRINT")
+            return self._read(value, 10, writer)
+        raise UnknownWireFormat(
+            f"first byte 0x{value[0]:02x} is neither Confluent framing (0x00) nor "
+            "single-object encoding (0xC3 0x01)", code="UNKNOWN_MAGIC")
+
+    def _read(self, value: bytes, offset: int, writer: Any) -> ChatEvent:
+        reader = None if writer is self._bundle.reader else self._bundle.reader
+        stream = io.BytesIO(value)
+        stream.seek(offset)
+        try:
+            record = fastavro.schemaless_reader(
+                stream, writer, reader, return_record_name=True,
+                return_record_name_override=True,
+            )
+            if stream.tell() != len(value):
+                raise SchemaMismatch(
+                    f"{len(value) - stream.tell()} trailing bytes after the Avro datum",
+                    code="TRAILING_BYTES")
+            return event_from_record(cast(Mapping[str, Any], record))
+        except PoisonRecord:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any decoder failure makes the record poison
+            raise SchemaMismatch(f"Avro decoding failed: {type(exc).__name__}: {exc}"[:300],
+                                 code="AVRO_DECODE") from exc
+
+
+class ChatEventEncoder:
+    """Encodes `ChatEvent`s for producers (upstream services, the demo, the tests)."""
+
+    def __init__(
+        self,
+        wire: WireFormat = "single-object",
+        registry: SchemaRegistryClient | None = None,
+        subject: str = "chat-events-value",
+    ) -> None:
+        bundle = _get_bundle()
+        self._schema = bundle.reader
+        if wire == "confluent":
+            if registry is None:
+                raise ValueError("the confluent wire format needs a schema registry")
+            schema_id = registry.register(subject, bundle.reader_raw)
+            self._header = bytes([CONFLUENT_MAGIC]) + struct.pack(">I", schema_id)
+        else:
+            self._header = SINGLE_OBJECT_MAGIC + bundle.reader_fingerprint
+
+    def encode(self, event: ChatEvent) -> bytes:
+        """Return the framed Avro bytes of `event`."""
+        out = io.BytesIO()
+        out.write(self._header)
+        fastavro.schemaless_writer(out, self._schema, event_to_record(event))
+        return out.getvalue()

@@ -1,0 +1,101 @@
+"""Per-chat admission: deduplication and the bounded reorder buffer. Pure, time is an argument.
+
+With `sequence`: `seq <= watermark` is a duplicate unless it is a dead-lettered sequence
+being redriven; `seq == watermark + 1` goes on; a later one waits in the reorder buffer
+until the gap fills or the gap timeout passes. Without `sequence`: partition order, dedup
+by `event_id` over the chat's last `dedup_window` ids.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Generic, Literal, TypeVar
+
+from consumer.events import ChatEvent
+from consumer.state import ChatState
+
+Admission = Literal["new", "redrive", "duplicate", "early"]
+T = TypeVar("T")
+
+
+def classify(state: ChatState, event: ChatEvent) -> Admission:
+    """Decide whether `event` is new, a redrive of a dead letter, a duplicate, or early."""
+    seq = event.sequence
+    if seq is None:
+        if state.recent_ids and event.event_id in state.recent_ids:
+            return "duplicate"
+        return "new"
+    if seq <= state.watermark:
+        if state.failed and seq in state.failed:
+            return "redrive"
+        return "duplicate"
+    if seq == state.watermark + 1:
+        return "new"
+    return "early"
+
+
+def admit(state: ChatState, event: ChatEvent, admission: Admission, dedup_window: int) -> None:
+    """Record that `event` was admitted (advance the watermark / remember its id)."""
+    seq = event.sequence
+    if seq is None:
+        recent = state.recent_ids or []
+        recent.append(event.event_id)
+        if len(recent) > dedup_window:
+            del recent[: len(recent) - dedup_window]
+        state.recent_ids = recent
+    elif admission == "redrive":
+        assert state.failed is not None
+        state.failed.remove(seq)
+        if not state.failed:
+            state.failed = None
+    else:
+        state.watermark = seq
+
+
+def forget_event_id(state: ChatState, event_id: str) -> None:
+    """A dead-lettered event without a sequence may come back by redrive: forget its id."""
+    if state.recent_ids and event_id in state.recent_ids:
+        state.recent_ids.remove(event_id)
+
+
+@dataclass(slots=True)
+class ReorderBuffer(Generic[T]):
+    """Events of one chat that arrived ahead of a sequence gap, by sequence."""
+
+    capacity: int
+    held: dict[int, T] = field(default_factory=dict)
+    since_ms: int = 0  # when the current gap was first seen
+
+    def __len__(self) -> int:
+        return len(self.held)
+
+    def hold(self, seq: int, item: T, now_ms: int) -> bool:
+        """Keep `item`; False if the buffer is full (the caller then gives up on the gap)."""
+        if seq in self.held:
+            return True  # a duplicate of a held event: keep the first
+        if len(self.held) >= self.capacity:
+            return False
+        if not self.held:
+            self.since_ms = now_ms
+        self.held[seq] = item
+        return True
+
+    def pop_next(self, watermark: int, now_ms: int) -> T | None:
+        """The held event that continues `watermark`, if any; a gap behind it starts anew."""
+        item = self.held.pop(watermark + 1, None)
+        if item is not None and self.held:
+            self.since_ms = now_ms
+        return item
+
+    def lowest(self) -> int | None:
+        """The lowest held sequence (where the lane resumes after giving up on a gap)."""
+        return min(self.held) if self.held else None
+
+    def gap_expired(self, now_ms: int, timeout_ms: int) -> bool:
+        """True when a gap has been open for `timeout_ms`."""
+        return bool(self.held) and now_ms - self.since_ms >= timeout_ms
+
+    def drop_through(self, watermark: int) -> list[T]:
+        """Remove and return held events at or below `watermark` (duplicates by now)."""
+        stale = [seq for seq in self.held if seq <= watermark]
+        return [self.held.pop(seq) for seq in sorted(stale)]

@@ -1,0 +1,112 @@
+"""Per-chat state (event sourcing): the outbox of pending calls, watermark, session, dedup.
+
+Pure data plus a compact JSON codec for the changelog topic. An idle chat holds a handful
+of small fields, so memory stays bounded by active chats (idle ones expire by TTL).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+# Call status in the outbox: QUEUED was never sent (safe to send after a crash);
+# IN_FLIGHT was durably marked before its request left (unknown outcome after a crash).
+QUEUED = 0
+IN_FLIGHT = 1
+
+
+@dataclass(slots=True)
+class PendingCall:
+    """One Bitrix24 call an event asked for, kept until its outcome is final."""
+
+    event_id: str
+    seq: int | None
+    kind: str
+    method: str
+    element: dict[str, Any]
+    occurred_at: int
+    origin: tuple[str, int, int]  # source topic, partition, offset (for dead-letter headers)
+    raw: bytes = b""  # the original record value, re-emitted verbatim if dead-lettered
+    raw_key: bytes = b""
+    status: int = QUEUED
+    attempts: int = 0
+    first_failure_ms: int = 0
+    held_since_ms: int = 0
+    redrive_count: int = 0
+
+    def to_json(self) -> list[Any]:
+        """Compact positional form for the changelog."""
+        return [self.event_id, self.seq, self.kind, self.method, self.element, self.occurred_at,
+                list(self.origin), self.raw.hex(), self.raw_key.hex(), self.status, self.attempts,
+                self.first_failure_ms, self.held_since_ms, self.redrive_count]
+
+    @classmethod
+    def from_json(cls, data: list[Any]) -> PendingCall:
+        """Inverse of `to_json`."""
+        return cls(data[0], data[1], data[2], data[3], data[4], data[5],
+                   (data[6][0], data[6][1], data[6][2]), bytes.fromhex(data[7]),
+                   bytes.fromhex(data[8]), data[9], data[10], data[11], data[12], data[13])
+
+
+@dataclass(slots=True)
+class ChatState:
+    """Everything the service remembers about one chat."""
+
+    watermark: int = 0  # highest sequence decided (applied, skipped or dead-lettered)
+    session: bool = False  # a send succeeded, so the chat has an Open Lines session
+    user_id: str | None = None  # last external user id seen (USER_ID for chat.name.set)
+    outbox: list[PendingCall] = field(default_factory=list)
+    held_rename: PendingCall | None = None  # waits for the first successful send
+    deleted: list[str] | None = None  # recently deleted external message ids
+    recent_ids: list[str] | None = None  # event ids seen, for events without a sequence
+    failed: list[int] | None = None  # dead-lettered sequences a redrive may replay
+    parked: bool = False  # retries exhausted: later events are dead-lettered in order
+    last_rename_at: int = 0
+    last_activity_ms: int = 0
+
+    def is_idle(self) -> bool:
+        """True when nothing is pending: the state may expire after the TTL."""
+        return not self.outbox and self.held_rename is None and not self.parked
+
+    def to_bytes(self) -> bytes:
+        """Serialise for the changelog topic."""
+        doc: dict[str, Any] = {"w": self.watermark, "a": self.last_activity_ms}
+        if self.session:
+            doc["s"] = 1
+        if self.user_id is not None:
+            doc["u"] = self.user_id
+        if self.outbox:
+            doc["o"] = [call.to_json() for call in self.outbox]
+        if self.held_rename is not None:
+            doc["h"] = self.held_rename.to_json()
+        if self.deleted:
+            doc["d"] = self.deleted
+        if self.recent_ids:
+            doc["r"] = self.recent_ids
+        if self.failed:
+            doc["f"] = self.failed
+        if self.parked:
+            doc["p"] = 1
+        if self.last_rename_at:
+            doc["n"] = self.last_rename_at
+        return json.dumps(doc, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ChatState:
+        """Inverse of `to_bytes`."""
+        doc = json.loads(data)
+        held = doc.get("h")
+        return cls(
+            watermark=doc.get("w", 0),
+            session=bool(doc.get("s")),
+            user_id=doc.get("u"),
+            outbox=[PendingCall.from_json(c) for c in doc.get("o", ())],
+            held_rename=None if held is None else PendingCall.from_json(held),
+            deleted=doc.get("d"),
+            recent_ids=doc.get("r"),
+            failed=doc.get("f"),
+            parked=bool(doc.get("p")),
+            last_rename_at=doc.get("n", 0),
+            last_activity_ms=doc.get("a", 0),
+        )
