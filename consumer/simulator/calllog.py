@@ -1,0 +1,93 @@
+"""The record of every call the simulator received, secrets redacted, for tests and demos."""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import asdict, dataclass
+from typing import Any
+
+REDACTED = "[REDACTED]"
+SECRET_KEYS = frozenset({"auth", "access_token", "refresh_token", "client_secret", "password"})
+
+
+def redact(value: Any) -> Any:
+    """A copy of `value` with every secret-named key's value replaced, at any depth."""
+    if isinstance(value, dict):
+        return {
+            key: REDACTED if str(key).lower() in SECRET_KEYS else redact(item)
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [redact(item) for item in value]
+    return value
+
+
+@dataclass(frozen=True)
+class CallRecord:
+    """One received call and what became of it.
+
+    `http_status` is what the client got (None when a hang or reset withheld the
+    answer); `applied` says whether the call changed portal state.
+    """
+
+    index: int
+    monotonic: float
+    wall_time: float
+    method: str
+    params: dict[str, Any]
+    http_status: int | None
+    error: str | None
+    fault: str | None
+    applied: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class CallLog:
+    """Calls in arrival order; bounded so a long demo cannot exhaust memory."""
+
+    def __init__(self, max_records: int = 200_000) -> None:
+        self._records: deque[CallRecord] = deque(maxlen=max_records)
+        self._next_index = 0
+
+    def append(
+        self,
+        *,
+        monotonic: float,
+        wall_time: float,
+        method: str,
+        params: dict[str, Any],
+        http_status: int | None,
+        error: str | None,
+        fault: str | None,
+        applied: bool,
+    ) -> CallRecord:
+        record = CallRecord(
+            index=self._next_index,
+            monotonic=monotonic,
+            wall_time=wall_time,
+            method=method,
+            params=redact(params),
+            http_status=http_status,
+            error=error,
+            fault=fault,
+            applied=applied,
+        )
+        self._next_index += 1
+        self._records.append(record)
+        return record
+
+    def records(self, since: int = 0, method: str | None = None) -> list[CallRecord]:
+        return [
+            record
+            for record in self._records
+            if record.index >= since and (method is None or record.method == method)
+        ]
+
+    def clear(self) -> None:
+        self._records.clear()
+        self._next_index = 0
+
+    def __len__(self) -> int:
+        return len(self._records)

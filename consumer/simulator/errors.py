@@ -1,0 +1,57 @@
+"""Bitrix24 REST error codes as the simulator answers them, and the exception that carries one."""
+
+from __future__ import annotations
+
+# Whole-call errors (reference §3, §5.4).
+ERROR_ARGUMENT = "ERROR_ARGUMENT"
+NOT_ACTIVE_LINE = "NOT_ACTIVE_LINE"
+IMCONNECTOR_NO_CORRECT_PROVIDER = "IMCONNECTOR_NO_CORRECT_PROVIDER"
+CHAT_RENAMING_FAILED = "CHAT_RENAMING_FAILED"
+ERROR_METHOD_NOT_FOUND = "ERROR_METHOD_NOT_FOUND"
+WRONG_AUTH_TYPE = "WRONG_AUTH_TYPE"
+NO_AUTH_FOUND = "NO_AUTH_FOUND"
+EXPIRED_TOKEN = "expired_token"  # noqa: S105 - an error code, not a secret
+INVALID_TOKEN = "invalid_token"  # noqa: S105 - an error code, not a secret
+QUERY_LIMIT_EXCEEDED = "QUERY_LIMIT_EXCEEDED"
+OPERATION_TIME_LIMIT = "OPERATION_TIME_LIMIT"
+INTERNAL_SERVER_ERROR = "INTERNAL_SERVER_ERROR"
+
+# Failures that imconnector.register/unregister report inside an HTTP 200 `result` (§3.1, §3.6).
+APPLICATION_REGISTRATION_ERROR_POINT = "APPLICATION_REGISTRATION_ERROR_POINT"
+CONNECTOR_ID_REQUIRED = "CONNECTOR_ID_REQUIRED"
+NAME_REQUIRED = "NAME_REQUIRED"
+ICON_REQUIRED = "ICON_REQUIRED"
+NO_PLACEMENT_HANDLER = "NO_PLACEMENT_HANDLER"
+APPLICATION_UNREGISTRATION_ERROR = "APPLICATION_UNREGISTRATION_ERROR"
+
+# Per-element failure texts of send/update/delete.messages (§3.7): they appear in `ERRORS`.
+NOT_ALL_THE_REQUIRED_DATA = "IMCONNECTOR_NOT_ALL_THE_REQUIRED_DATA"
+PROXY_NO_ADD_USER = "CONNECTOR_PROXY_NO_ADD_USER"
+PROXY_NO_USER_IM = "CONNECTOR_PROXY_NO_USER_IM"
+
+# OAuth server errors (§7).
+INVALID_GRANT = "invalid_grant"
+INVALID_CLIENT = "invalid_client"
+INVALID_REQUEST = "invalid_request"
+
+
+class RestError(Exception):
+    """A whole-call failure: `code` and `description` become the error envelope.
+
+    `in_result` marks the methods that report failure inside an HTTP 200 `result`
+    (register/unregister) instead of as an error envelope.
+    """
+
+    def __init__(
+        self, code: str, description: str, status: int = 400, *, in_result: bool = False
+    ) -> None:
+        super().__init__(f"{code}: {description}")
+        self.code = code
+        self.description = description
+        self.status = status
+        self.in_result = in_result
+
+
+def argument_error(name: str) -> RestError:
+    """The 400 `ERROR_ARGUMENT` Bitrix24 raises for a required parameter that is missing."""
+    return RestError(ERROR_ARGUMENT, f"Argument '{name}' is null or empty")

@@ -1,0 +1,737 @@
+"""Open Lines state of one portal and the `imconnector.*` method handlers (reference §3).
+
+Handlers take the upper-cased request parameters and return the method's `result`
+or raise `RestError`. No HTTP and no locking: the caller (Portal) serialises access.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from consumer.simulator.errors import (
+    APPLICATION_REGISTRATION_ERROR_POINT,
+    APPLICATION_UNREGISTRATION_ERROR,
+    CHAT_RENAMING_FAILED,
+    CONNECTOR_ID_REQUIRED,
+    ERROR_ARGUMENT,
+    ICON_REQUIRED,
+    IMCONNECTOR_NO_CORRECT_PROVIDER,
+    NAME_REQUIRED,
+    NO_PLACEMENT_HANDLER,
+    NOT_ACTIVE_LINE,
+    NOT_ALL_THE_REQUIRED_DATA,
+    PROXY_NO_ADD_USER,
+    PROXY_NO_USER_IM,
+    RestError,
+    argument_error,
+)
+from consumer.simulator.params import (
+    as_array,
+    as_text,
+    lower_keys_deep,
+    php_empty,
+    php_intval,
+    upper_keys,
+)
+
+IMCONNECTOR_NOT_SPECIFIED_CORRECT_CONNECTOR = "IMCONNECTOR_NOT_SPECIFIED_CORRECT_CONNECTOR"
+
+BUILT_IN_CONNECTORS = {
+    "livechat": "Live chat",
+    "network": "Bitrix24.Network",
+    "telegrambot": "Telegram",
+}
+"""Shown by imconnector.list next to the custom ones; not usable by the custom-connector methods."""
+
+USER_NAME_MAX = 25
+BOOLEAN_FLAGS = {
+    # flag name → default; only exact JSON true/false override it (§3.1).
+    "DEL_EXTERNAL_MESSAGES": True,
+    "EDIT_INTERNAL_MESSAGES": True,
+    "DEL_INTERNAL_MESSAGES": True,
+    "NEWSLETTER": True,
+    "NEED_SYSTEM_MESSAGES": True,
+    "NEED_SIGNATURE": True,
+    "CHAT_GROUP": False,
+}
+
+Direction = Literal["in", "out"]
+
+
+@dataclass
+class Connector:
+    """A custom connector registered by the app (imconnector.register)."""
+
+    id: str
+    name: str
+    icon: dict[str, Any]
+    placement_handler: str
+    flags: dict[str, bool]
+    icon_disabled: dict[str, Any] = field(default_factory=dict)
+    comment: str = ""
+
+    @property
+    def chat_group(self) -> bool:
+        return self.flags["CHAT_GROUP"]
+
+
+@dataclass
+class LineStatus:
+    """A connector's status on one line: activation sets the flags, set.error raises `error`."""
+
+    active: bool = True
+    connection: bool = True
+    register: bool = True
+    error: bool = False
+
+    @property
+    def configured(self) -> bool:
+        return self.active and self.connection and self.register
+
+    @property
+    def available(self) -> bool:
+        return self.configured and not self.error
+
+
+@dataclass
+class TechnicalUser:
+    """The Bitrix user standing for one external `user.id` (XML_ID `connector|user.id`)."""
+
+    id: int
+    connector: str
+    external_id: str
+    name: str
+    last_name: str
+    profile: dict[str, Any]
+
+
+@dataclass
+class ChatMessage:
+    """A Bitrix chat message; `external_ids` is its CONNECTOR_MID (one inbound, a list outbound)."""
+
+    im_id: int
+    direction: Direction
+    author_id: int
+    text: str
+    external_ids: list[str]
+    files: list[Any] = field(default_factory=list)
+    deleted: bool = False
+    sending: bool = False
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "im_id": self.im_id,
+            "direction": self.direction,
+            "author_id": self.author_id,
+            "external_id": self.external_ids[0] if len(self.external_ids) == 1 else None,
+            "external_ids": list(self.external_ids),
+            "text": self.text,
+            "files": list(self.files),
+            "deleted": self.deleted,
+            "sending": self.sending,
+        }
+
+
+@dataclass
+class Chat:
+    """An Open Lines chat with its current session, keyed by the conversation key (§2)."""
+
+    key: str
+    connector: str
+    line: int
+    external_chat_id: str
+    user_id: int
+    chat_id: int
+    session_id: int
+    name: str
+    messages: list[ChatMessage] = field(default_factory=list)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "connector": self.connector,
+            "line": self.line,
+            "external_chat_id": self.external_chat_id,
+            "user_id": str(self.user_id),
+            "session_id": str(self.session_id),
+            "chat_id": str(self.chat_id),
+            "name": self.name,
+            "messages": [message.snapshot() for message in self.messages],
+        }
+
+
+def conversation_key(connector: str, line: int, external_chat_id: str, user_id: int) -> str:
+    """Open Lines "user code" `connector|line|chat.id|bitrix user id` (user 0 in group mode)."""
+    return f"{connector}|{line}|{external_chat_id}|{user_id}"
+
+
+def _valid_person_name(name: str) -> bool:
+    """Letters of any language, spaces, hyphens and apostrophes; at most 25 characters (§3.7)."""
+    return len(name) <= USER_NAME_MAX and all(ch.isalpha() or ch in " -'" for ch in name)
+
+
+def _block(element: dict[str, Any], name: str) -> dict[str, Any]:
+    """A nested block of a MESSAGES element, or {} when it is missing or not an object."""
+    value = element.get(name)
+    return value if isinstance(value, dict) else {}
+
+
+class _ElementFailure(Exception):
+    """One MESSAGES element failed; the call goes on with the next element."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+
+class OpenLines:
+    """Connectors, line statuses, technical users, chats and messages of one portal."""
+
+    def __init__(self) -> None:
+        self.connectors: dict[str, Connector] = {}
+        self.lines: dict[tuple[str, int], LineStatus] = {}
+        self.connector_data: dict[tuple[str, int], dict[str, Any]] = {}
+        self.users: dict[tuple[str, str], TechnicalUser] = {}
+        self.chats: dict[str, Chat] = {}
+        self.deliveries: list[dict[str, Any]] = []
+        self._messages_by_im_id: dict[int, tuple[Chat, ChatMessage]] = {}
+        self._chats_by_id: dict[int, Chat] = {}
+        self._user_ids = itertools.count(101)
+        self._chat_ids = itertools.count(1701)
+        self._session_ids = itertools.count(301)
+        self._message_ids = itertools.count(10_001)
+        self.methods: dict[str, Callable[[dict[str, Any]], Any]] = {
+            "imconnector.register": self.register,
+            "imconnector.unregister": self.unregister,
+            "imconnector.activate": self.activate,
+            "imconnector.status": self.status,
+            "imconnector.connector.data.set": self.connector_data_set,
+            "imconnector.list": self.list_connectors,
+            "imconnector.send.messages": self.send_messages,
+            "imconnector.update.messages": self.update_messages,
+            "imconnector.delete.messages": self.delete_messages,
+            "imconnector.send.status.delivery": self.send_status_delivery,
+            "imconnector.send.status.reading": self.send_status_reading,
+            "imconnector.chat.name.set": self.chat_name_set,
+            "imconnector.set.error": self.set_error,
+        }
+
+    # -- setup helpers (not REST) --------------------------------------------------------
+
+    def preset_line(self, connector_id: str, line: int, *, chat_group: bool = False) -> None:
+        """Register (if needed) and activate a connector on a line, so demos need no setup."""
+        connector_id = connector_id.lower()
+        if connector_id not in self.connectors:
+            self.connectors[connector_id] = Connector(
+                id=connector_id,
+                name=connector_id,
+                icon={"DATA_IMAGE": "data:image/svg+xml,%3Csvg%3E%3C/svg%3E"},
+                placement_handler="http://127.0.0.1/placement",
+                flags={**BOOLEAN_FLAGS, "CHAT_GROUP": chat_group},
+            )
+        self.lines[(connector_id, line)] = LineStatus()
+
+    def clear_chats(self) -> None:
+        """Forget conversations (users, chats, messages, deliveries); keep connectors and lines."""
+        self.users.clear()
+        self.chats.clear()
+        self.deliveries.clear()
+        self._messages_by_im_id.clear()
+        self._chats_by_id.clear()
+
+    def post_operator_message(self, chat_id: int, text: str, author_id: int = 1) -> dict[str, Any]:
+        """An operator writes into a chat: the message waits ("sending") for send.status.delivery.
+
+        Returns the `im` block an OnImConnectorMessageAdd event would carry.
+        """
+        chat = self._chats_by_id.get(chat_id)
+        if chat is None:
+            raise KeyError(f"no chat with CHAT_ID {chat_id}")
+        message = ChatMessage(
+            im_id=next(self._message_ids),
+            direction="out",
+            author_id=author_id,
+            text=text,
+            external_ids=[],
+            sending=True,
+        )
+        chat.messages.append(message)
+        self._messages_by_im_id[message.im_id] = (chat, message)
+        return {
+            "im": {"chat_id": chat.chat_id, "message_id": message.im_id},
+            "chat": {"id": chat.external_chat_id},
+            "line": chat.line,
+            "connector": chat.connector,
+        }
+
+    def element_count(self, params: dict[str, Any]) -> int:
+        """How many elements a call carries; the operating cost is charged per element."""
+        messages = as_array(params.get("MESSAGES"))
+        return max(1, len(messages)) if messages is not None else 1
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "connectors": {
+                cid: {
+                    "name": c.name,
+                    "placement_handler": c.placement_handler,
+                    "chat_group": c.chat_group,
+                    "flags": dict(c.flags),
+                }
+                for cid, c in self.connectors.items()
+            },
+            "lines": [
+                {
+                    "connector": connector,
+                    "line": line,
+                    "active": status.active,
+                    "connection": status.connection,
+                    "register": status.register,
+                    "error": status.error,
+                    "status": status.available,
+                }
+                for (connector, line), status in self.lines.items()
+            ],
+            "connector_data": {
+                f"{connector}|{line}": dict(data)
+                for (connector, line), data in self.connector_data.items()
+            },
+            "users": {
+                f"{u.connector}|{u.external_id}": {
+                    "id": str(u.id),
+                    "name": u.name,
+                    "last_name": u.last_name,
+                    "profile": dict(u.profile),
+                }
+                for u in self.users.values()
+            },
+            "chats": {key: chat.snapshot() for key, chat in self.chats.items()},
+            "deliveries": [dict(d) for d in self.deliveries],
+        }
+
+    # -- connector lifecycle -------------------------------------------------------------
+
+    def register(self, params: dict[str, Any]) -> Any:
+        def fail(code: str, description: str) -> RestError:
+            # register reports validation failures inside an HTTP 200 result (§3.1).
+            return RestError(code, description, 200, in_result=True)
+
+        raw_id = params.get("ID")
+        if not isinstance(raw_id, str) or not raw_id.strip():
+            raise fail(CONNECTOR_ID_REQUIRED, "The connector ID is not specified")
+        connector_id = raw_id.strip().lower()
+        if "." in connector_id:
+            raise fail(APPLICATION_REGISTRATION_ERROR_POINT, "The connector ID contains a dot")
+        name = as_text(params.get("NAME")).strip()
+        if not name:
+            raise fail(NAME_REQUIRED, "The connector name is not specified")
+        icon = params.get("ICON")
+        icon = upper_keys(icon) if isinstance(icon, dict) else {}
+        if php_empty(icon.get("DATA_IMAGE")):
+            raise fail(ICON_REQUIRED, "The connector icon (ICON.DATA_IMAGE) is not specified")
+        handler = as_text(params.get("PLACEMENT_HANDLER")).strip()
+        if not handler:
+            raise fail(NO_PLACEMENT_HANDLER, "The placement handler is not specified")
+        icon_disabled = params.get("ICON_DISABLED")
+        self.connectors[connector_id] = Connector(
+            id=connector_id,
+            name=name,
+            icon=icon,
+            icon_disabled=upper_keys(icon_disabled) if isinstance(icon_disabled, dict) else {},
+            placement_handler=handler,
+            # Only exact booleans count; "true"/1 fall back to the default like the server does.
+            flags={
+                flag: value if isinstance(value := params.get(flag), bool) else default
+                for flag, default in BOOLEAN_FLAGS.items()
+            },
+            comment=as_text(params.get("COMMENT")),
+        )
+        return {"result": True}
+
+    def unregister(self, params: dict[str, Any]) -> Any:
+        connector_id = as_text(params.get("ID")).strip().lower()
+        if connector_id not in self.connectors:
+            raise RestError(
+                APPLICATION_UNREGISTRATION_ERROR,
+                f"Failed to unregister connector '{connector_id}' of this application",
+                200,
+                in_result=True,
+            )
+        del self.connectors[connector_id]
+        for key in [key for key in self.lines if key[0] == connector_id]:
+            del self.lines[key]
+        for key in [key for key in self.connector_data if key[0] == connector_id]:
+            del self.connector_data[key]
+        return {"result": True}
+
+    def activate(self, params: dict[str, Any]) -> Any:
+        connector_id, line = self._connector_and_line(params)
+        if params.get("ACTIVE") is None:
+            raise argument_error("ACTIVE")
+        # PHP `!empty()`: "N" and "false" are non-empty strings and therefore activate.
+        if php_empty(params["ACTIVE"]):
+            self.lines.pop((connector_id, line), None)
+        else:
+            self.lines[(connector_id, line)] = LineStatus()
+        return True
+
+    def status(self, params: dict[str, Any]) -> Any:
+        connector_id = self._required_text(params, "CONNECTOR").lower()
+        line = php_intval(params.get("LINE"))
+        status = self.lines.get((connector_id, line))
+        return {
+            "LINE": line,
+            "CONNECTOR": connector_id,
+            "ERROR": bool(status and status.error),
+            "CONFIGURED": bool(status and status.configured),
+            "STATUS": bool(status and status.available),
+        }
+
+    def connector_data_set(self, params: dict[str, Any]) -> Any:
+        connector_id, line = self._connector_and_line(params)
+        data = params.get("DATA")
+        if not isinstance(data, dict) or not data:
+            raise argument_error("DATA")
+        # The code merges non-empty values into what is stored (docs say overwrite, §3.4).
+        stored = self.connector_data.setdefault((connector_id, line), {})
+        stored.update({k: v for k, v in upper_keys(data).items() if not php_empty(v)})
+        return True
+
+    def list_connectors(self, params: dict[str, Any]) -> Any:
+        del params
+        return {**BUILT_IN_CONNECTORS, **{cid: c.name for cid, c in self.connectors.items()}}
+
+    def set_error(self, params: dict[str, Any]) -> Any:
+        connector_id, line = self._connector_and_line(params)
+        status = self.lines.get((connector_id, line))
+        if status is not None:
+            status.error = True
+        return {"SUCCESS": True, "DATA": status is not None}
+
+    # -- inbound messages ----------------------------------------------------------------
+
+    def send_messages(self, params: dict[str, Any]) -> Any:
+        connector, line, messages = self._message_call(params, check_structure=True)
+        results = []
+        for element in messages:
+            results.append(self._each(element, lambda el: self._send_one(connector, line, el)))
+        return {"SUCCESS": True, "DATA": {"RESULT": results}}
+
+    def update_messages(self, params: dict[str, Any]) -> Any:
+        connector, line, messages = self._message_call(params, check_structure=False)
+        results = []
+        for element in messages:
+            results.append(self._each(element, lambda el: self._update_one(connector, line, el)))
+        return {"SUCCESS": True, "DATA": {"RESULT": results}}
+
+    def delete_messages(self, params: dict[str, Any]) -> Any:
+        connector, line, messages = self._message_call(params, check_structure=False)
+        results = []
+        for element in messages:
+            results.append(self._each(element, lambda el: self._delete_one(connector, line, el)))
+        return {"SUCCESS": True, "DATA": {"RESULT": results}}
+
+    def _send_one(self, connector: str, line: int, element: dict[str, Any]) -> dict[str, Any]:
+        user, reply = self._element_user(connector, element)
+        message = element["message"] if isinstance(element["message"], dict) else {}
+        chat_block = element["chat"] if isinstance(element["chat"], dict) else {}
+        external_chat_id = as_text(chat_block.get("id"))
+        if not external_chat_id or (php_empty(message.get("text")) and not message.get("files")):
+            raise _ElementFailure(NOT_ALL_THE_REQUIRED_DATA)
+        chat = self._chat_for(connector, line, external_chat_id, user)
+        if chat is None:
+            chat = self._open_chat(connector, line, external_chat_id, user, chat_block)
+        author = php_intval(message.get("user_id")) or user.id
+        # No lookup by message.id first: a repeated send adds a second message (§9.1).
+        stored = ChatMessage(
+            im_id=next(self._message_ids),
+            direction="in",
+            author_id=author,
+            text=as_text(message.get("text")),
+            files=list(message.get("files") or []),
+            external_ids=[as_text(message["id"])] if not php_empty(message.get("id")) else [],
+        )
+        chat.messages.append(stored)
+        self._messages_by_im_id[stored.im_id] = (chat, stored)
+        reply.update(self._echo(element))
+        reply["SUCCESS"] = True
+        reply["session"] = {"ID": str(chat.session_id), "CHAT_ID": str(chat.chat_id)}
+        return reply
+
+    def _update_one(self, connector: str, line: int, element: dict[str, Any]) -> dict[str, Any]:
+        user, reply = self._element_user(connector, element)
+        message, external_chat_id = self._addressed(element)
+        chat = self._chat_for(connector, line, external_chat_id, user)
+        # Only the text is replaced, on every copy carrying that CONNECTOR_MID; no match = no-op.
+        if chat is not None and "text" in message:
+            for stored in self._matching(chat, as_text(message.get("id"))):
+                stored.text = as_text(message.get("text"))
+        reply.update(self._echo(element))
+        reply["SUCCESS"] = True
+        return reply
+
+    def _delete_one(self, connector: str, line: int, element: dict[str, Any]) -> dict[str, Any]:
+        user, reply = self._element_user(connector, element)
+        _, external_chat_id = self._addressed(element)
+        chat = self._chat_for(connector, line, external_chat_id, user)
+        if chat is not None:
+            for stored in self._matching(chat, as_text(element["message"].get("id"))):
+                stored.deleted = True
+        reply.update(self._echo(element))
+        reply["SUCCESS"] = True
+        return reply
+
+    # -- outbound message statuses -------------------------------------------------------
+
+    def send_status_delivery(self, params: dict[str, Any]) -> Any:
+        connector, line, messages = self._status_call(params)
+        for element in messages:
+            if not isinstance(element, dict):
+                continue
+            im = _block(element, "im")
+            message = _block(element, "message")
+            chat = _block(element, "chat")
+            ids = message.get("id")
+            external_ids = [as_text(i) for i in ids] if isinstance(ids, list) else [as_text(ids)]
+            message_id = php_intval(im.get("message_id"))
+            known = self._messages_by_im_id.get(message_id)
+            stored_ids = False
+            # Only a message still "sending" takes the external ids; repeats change nothing.
+            if known is not None and known[1].direction == "out" and known[1].sending:
+                known[1].sending = False
+                known[1].external_ids = [i for i in external_ids if i]
+                stored_ids = True
+            self.deliveries.append(
+                {
+                    "connector": connector,
+                    "line": line,
+                    "im_chat_id": php_intval(im.get("chat_id")),
+                    "im_message_id": message_id,
+                    "external_ids": external_ids,
+                    "external_chat_id": as_text(chat.get("id")),
+                    "stored": stored_ids,
+                }
+            )
+        return {"SUCCESS": True, "DATA": []}
+
+    def send_status_reading(self, params: dict[str, Any]) -> Any:
+        # A stub on the server too (§3.11): validate, then report success.
+        self._status_call(params)
+        return {"SUCCESS": True, "DATA": []}
+
+    def chat_name_set(self, params: dict[str, Any]) -> Any:
+        connector_id, line = self._connector_and_line(params)
+        external_chat_id = self._required_text(params, "CHAT_ID")
+        name = self._required_text(params, "NAME")
+        connector = self.connectors.get(connector_id)
+        group = connector is not None and connector.chat_group
+        external_user = as_text(params.get("USER_ID"))
+        if not group and not external_user:
+            raise argument_error("USER_ID")
+        self._require_active(connector_id, line)
+        if group:
+            chat = self.chats.get(conversation_key(connector_id, line, external_chat_id, 0))
+        else:
+            user = self.users.get((connector_id, external_user))
+            chat = None
+            if user is not None:
+                key = conversation_key(connector_id, line, external_chat_id, user.id)
+                chat = self.chats.get(key)
+        # The server renames an existing session's chat and never creates one.
+        if chat is None:
+            raise RestError(CHAT_RENAMING_FAILED, "Failed to rename the chat: no dialog found")
+        chat.name = name
+        return {"SUCCESS": True, "DATA": {"RESULT": {}}}
+
+    # -- shared pieces ---------------------------------------------------------------------
+
+    def _required_text(self, params: dict[str, Any], name: str) -> str:
+        value = params.get(name)
+        if php_empty(value) or isinstance(value, list | dict):
+            raise argument_error(name)
+        return as_text(value).strip()
+
+    def _connector_and_line(self, params: dict[str, Any]) -> tuple[str, int]:
+        connector_id = self._required_text(params, "CONNECTOR").lower()
+        line = php_intval(params.get("LINE"))
+        if line == 0:
+            raise argument_error("LINE")
+        return connector_id, line
+
+    def _require_active(self, connector_id: str, line: int) -> None:
+        status = self.lines.get((connector_id, line))
+        if status is None or not status.active:
+            raise RestError(NOT_ACTIVE_LINE, "The line is not active for this connector")
+
+    def _message_call(
+        self, params: dict[str, Any], *, check_structure: bool
+    ) -> tuple[str, int, list[Any]]:
+        connector_id, line = self._connector_and_line(params)
+        if php_empty(params.get("MESSAGES")):
+            raise argument_error("MESSAGES")
+        messages = as_array(params["MESSAGES"])
+        if messages is None or (check_structure and not all(isinstance(m, dict) for m in messages)):
+            raise RestError(
+                ERROR_ARGUMENT, "The MESSAGES parameter must be an array of messages (arrays)"
+            )
+        messages = [lower_keys_deep(m) for m in messages]
+        if check_structure and not all(
+            all(block in m for block in ("user", "message", "chat")) for m in messages
+        ):
+            raise RestError(
+                ERROR_ARGUMENT, "The incorrect structure of a message inside MESSAGES parameter"
+            )
+        self._require_active(connector_id, line)
+        if connector_id not in self.connectors:
+            raise RestError(
+                IMCONNECTOR_NOT_SPECIFIED_CORRECT_CONNECTOR,
+                "The connector is not specified correctly",
+            )
+        return connector_id, line, messages
+
+    def _status_call(self, params: dict[str, Any]) -> tuple[str, int, list[Any]]:
+        connector_id, line = self._connector_and_line(params)
+        if php_empty(params.get("MESSAGES")):
+            raise argument_error("MESSAGES")
+        messages = as_array(params["MESSAGES"])
+        if messages is None:
+            raise RestError(
+                ERROR_ARGUMENT, "The MESSAGES parameter must be an array of messages (arrays)"
+            )
+        if connector_id not in self.connectors:
+            raise RestError(IMCONNECTOR_NO_CORRECT_PROVIDER, "Failed to initialise the provider")
+        return connector_id, line, [lower_keys_deep(m) for m in messages]
+
+    def _each(
+        self, element: Any, handle: Callable[[dict[str, Any]], dict[str, Any]]
+    ) -> dict[str, Any]:
+        """Run one element; a failure becomes `SUCCESS: false` + `ERRORS`, not a failed call."""
+        try:
+            if not isinstance(element, dict):
+                raise _ElementFailure(NOT_ALL_THE_REQUIRED_DATA)
+            return handle(element)
+        except _ElementFailure as failure:
+            reply = self._echo(element) if isinstance(element, dict) else {}
+            reply.update({"SUCCESS": False, "ERRORS": [failure.text]})
+            return reply
+
+    def _element_user(
+        self, connector: str, element: dict[str, Any]
+    ) -> tuple[TechnicalUser, dict[str, Any]]:
+        """Find or create the technical user of an element (done for update/delete as well)."""
+        user_block = element.get("user")
+        if not isinstance(user_block, dict):
+            raise _ElementFailure(NOT_ALL_THE_REQUIRED_DATA)
+        external_id = as_text(user_block.get("id")).strip()
+        if not external_id:
+            raise _ElementFailure(PROXY_NO_USER_IM)
+        name = as_text(user_block.get("name")).strip()
+        last_name = as_text(user_block.get("last_name")).strip()
+        if not (_valid_person_name(name) and _valid_person_name(last_name)):
+            raise _ElementFailure(PROXY_NO_ADD_USER)
+        if not last_name and len(name.split()) == 2:
+            name, last_name = name.split()
+        profile = {
+            key: value
+            for key, value in user_block.items()
+            if key not in ("id", "name", "last_name", "skip_phone_validate")
+        }
+        user = self.users.get((connector, external_id))
+        if user is None:
+            user = TechnicalUser(
+                id=next(self._user_ids),
+                connector=connector,
+                external_id=external_id,
+                name=name,
+                last_name=last_name,
+                profile=profile,
+            )
+            self.users[(connector, external_id)] = user
+        elif name or last_name or profile:
+            # The server re-saves the profile when the submitted data changes.
+            user.name, user.last_name = name or user.name, last_name or user.last_name
+            user.profile.update(profile)
+        return user, {"user": str(user.id)}
+
+    @staticmethod
+    def _addressed(element: dict[str, Any]) -> tuple[dict[str, Any], str]:
+        message = element.get("message")
+        chat = element.get("chat")
+        if not isinstance(message, dict) or not isinstance(chat, dict):
+            raise _ElementFailure(NOT_ALL_THE_REQUIRED_DATA)
+        external_chat_id = as_text(chat.get("id"))
+        if not external_chat_id or php_empty(message.get("id")):
+            raise _ElementFailure(NOT_ALL_THE_REQUIRED_DATA)
+        return message, external_chat_id
+
+    def _chat_for(
+        self, connector: str, line: int, external_chat_id: str, user: TechnicalUser
+    ) -> Chat | None:
+        group = self.connectors[connector].chat_group
+        key = conversation_key(connector, line, external_chat_id, 0 if group else user.id)
+        return self.chats.get(key)
+
+    def _open_chat(
+        self,
+        connector: str,
+        line: int,
+        external_chat_id: str,
+        user: TechnicalUser,
+        chat_block: dict[str, Any],
+    ) -> Chat:
+        """The first successful message of a conversation creates its chat and session."""
+        group = self.connectors[connector].chat_group
+        user_part = 0 if group else user.id
+        key = conversation_key(connector, line, external_chat_id, user_part)
+        default_name = " ".join(part for part in (user.name, user.last_name) if part) or "Guest"
+        chat = Chat(
+            key=key,
+            connector=connector,
+            line=line,
+            external_chat_id=external_chat_id,
+            user_id=user_part,
+            chat_id=next(self._chat_ids),
+            session_id=next(self._session_ids),
+            name=as_text(chat_block.get("name")) or default_name,
+        )
+        self.chats[key] = chat
+        self._chats_by_id[chat.chat_id] = chat
+        return chat
+
+    @staticmethod
+    def _matching(chat: Chat, external_id: str) -> list[ChatMessage]:
+        return [
+            message
+            for message in chat.messages
+            if message.direction == "in"
+            and not message.deleted
+            and external_id in message.external_ids
+        ]
+
+    @staticmethod
+    def _echo(element: dict[str, Any]) -> dict[str, Any]:
+        """The element's message/chat after processing, plus `extra` flags when set (§3.7)."""
+        reply: dict[str, Any] = {}
+        message = element.get("message")
+        if isinstance(message, dict):
+            echoed = {k: v for k, v in message.items() if k not in ("disable_crm",)}
+            if "date" in echoed:
+                echoed["date"] = {}  # a PHP DateTime serialises as an empty object
+            reply["message"] = echoed
+        chat = element.get("chat")
+        if isinstance(chat, dict):
+            echoed_chat = {k: v for k, v in chat.items() if k != "url"}
+            if not php_empty(chat.get("url")):
+                echoed_chat["description"] = f"Link to the original post: {as_text(chat['url'])}"
+            reply["chat"] = echoed_chat
+        extra: dict[str, str] = {}
+        user = element.get("user")
+        if isinstance(user, dict) and as_text(user.get("skip_phone_validate")) == "Y":
+            extra["skip_phone_validate"] = "Y"
+        if isinstance(message, dict) and as_text(message.get("disable_crm")) == "Y":
+            extra["disable_tracker"] = "Y"
+        if extra:
+            reply["extra"] = extra
+        return reply

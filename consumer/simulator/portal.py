@@ -1,0 +1,321 @@
+"""One simulated Bitrix24 portal: REST/OAuth calls pass limits, faults and auth here, one lock.
+
+No HTTP: the server hands in a method and parameters and gets back a `RestReply`
+(status + JSON body, or a transport fault for the server to act out).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from consumer.simulator.calllog import CallLog, CallRecord
+from consumer.simulator.clock import Clock, system_clock
+from consumer.simulator.config import SimulatorConfig
+from consumer.simulator.errors import (
+    ERROR_METHOD_NOT_FOUND,
+    EXPIRED_TOKEN,
+    INTERNAL_SERVER_ERROR,
+    OPERATION_TIME_LIMIT,
+    QUERY_LIMIT_EXCEEDED,
+    WRONG_AUTH_TYPE,
+    RestError,
+)
+from consumer.simulator.faults import FaultKind, FaultPlan, FaultSettings
+from consumer.simulator.limits import LeakyBucket, OperatingBudget, OperatingReading
+from consumer.simulator.oauth import OAuthError, OAuthIdentity, TokenStore
+from consumer.simulator.openlines import OpenLines
+
+LEGACY_SHAPE_METHODS = frozenset(
+    {
+        "imconnector.send.messages",
+        "imconnector.update.messages",
+        "imconnector.delete.messages",
+        "imconnector.send.status.delivery",
+        "imconnector.send.status.reading",
+    }
+)
+"""Methods whose whole-call failures older servers returned as HTTP 200 + `SUCCESS: false`."""
+
+AUTH_DESCRIPTIONS = {
+    "NO_AUTH_FOUND": "Wrong authorization data",
+    "expired_token": "The access token provided has expired.",
+    "invalid_token": "The access token provided is invalid.",
+}
+TOKEN_ENDPOINT = "oauth.token"  # noqa: S105 - the call-log name of the token endpoint
+
+
+@dataclass(frozen=True)
+class RestReply:
+    """What to answer: a JSON body with a status, or a `transport_fault` (hang/reset) to act out."""
+
+    status: int
+    body: dict[str, Any]
+    transport_fault: FaultKind | None = None
+    hang_seconds: float = 0.0
+
+
+def _error_body(code: str, description: str) -> dict[str, Any]:
+    return {"error": code, "error_description": description}
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, tz=UTC).isoformat(timespec="seconds")
+
+
+class Portal:
+    """State and behaviour of one portal; every public method is thread-safe."""
+
+    def __init__(self, config: SimulatorConfig, clock: Clock | None = None) -> None:
+        self.config = config
+        self.clock: Clock = clock or system_clock
+        self.base_url = f"http://{config.host}:{config.port}"
+        self.lock = threading.Lock()
+        self.openlines = OpenLines()
+        self.tokens = TokenStore(
+            OAuthIdentity(
+                client_id=config.client_id,
+                client_secret=config.client_secret,
+                member_id=config.member_id,
+                user_id=config.admin_user_id,
+            ),
+            access_token_ttl=config.access_token_ttl,
+        )
+        self.bucket = LeakyBucket(
+            config.rate_limit_drain, config.rate_limit_burst, enabled=config.rate_limit_enabled
+        )
+        self.budget = OperatingBudget(config.operating_limit)
+        self.operating_cost_per_element = config.operating_cost_per_element
+        self.legacy_errors = config.legacy_errors
+        self.faults = FaultPlan(config.fault_settings())
+        self.calls = CallLog(config.call_log_limit)
+        for connector, line in config.preset_lines:
+            self.openlines.preset_line(connector, line, chat_group=config.chat_group)
+
+    @property
+    def client_endpoint(self) -> str:
+        return f"{self.base_url}/rest/"
+
+    # -- REST -----------------------------------------------------------------------------
+
+    def latency_for(self, method: str) -> float:
+        """Seconds the server should wait before handling `method` (outside the lock)."""
+        with self.lock:
+            return self.faults.latency_seconds(method)
+
+    def handle_rest(
+        self,
+        method: str,
+        params: dict[str, Any],
+        bearer: str | None = None,
+        *,
+        webhook: bool = False,
+    ) -> RestReply:
+        """Run one `/rest/<method>` call.
+
+        Order: leaky bucket → fault (phase before) → auth → operating budget → method
+        → fault (phase after).
+
+        `params` must already have upper-cased top-level keys.
+        """
+        method = method.lower()
+        token = params.get("AUTH") or params.get("ACCESS_TOKEN") or bearer or ""
+        # The handlers never see the token; the call log keeps the key, redacted.
+        method_params = {k: v for k, v in params.items() if k not in ("AUTH", "ACCESS_TOKEN")}
+        with self.lock:
+            now = self.clock()
+            monotonic = time.monotonic()
+            fault: FaultKind | None = None
+            applied = False
+            if not self.bucket.try_take(now):
+                reply = RestReply(503, _error_body(QUERY_LIMIT_EXCEEDED, "Too many requests"))
+            else:
+                fault = self.faults.draw(method)
+                if fault is not None and self.faults.settings.fault_phase == "before":
+                    reply = self._fault_reply(fault)
+                else:
+                    reply, applied = self._execute(method, method_params, str(token), now, webhook)
+                    if fault is not None:
+                        reply = self._fault_reply(fault)
+            error = reply.body.get("error")
+            if error is None and isinstance(reply.body.get("result"), dict):
+                error = reply.body["result"].get("error")  # failures reported inside `result`
+            self.calls.append(
+                monotonic=monotonic,
+                wall_time=now,
+                method=method,
+                params=params,
+                http_status=None if reply.transport_fault else reply.status,
+                error=None if reply.transport_fault else error,
+                fault=fault,
+                applied=applied,
+            )
+            return reply
+
+    def _fault_reply(self, fault: FaultKind) -> RestReply:
+        if fault == "error":
+            return RestReply(500, _error_body(INTERNAL_SERVER_ERROR, "Internal server error"))
+        return RestReply(
+            0, {}, transport_fault=fault, hang_seconds=self.faults.settings.hang_seconds
+        )
+
+    def _execute(
+        self, method: str, params: dict[str, Any], token: str, now: float, webhook: bool
+    ) -> tuple[RestReply, bool]:
+        if webhook:
+            if method.startswith("imconnector."):
+                description = "Application context required"
+                return RestReply(403, _error_body(WRONG_AUTH_TYPE, description)), False
+            return RestReply(404, _error_body(ERROR_METHOD_NOT_FOUND, "Method not found!")), False
+        auth_error = self.tokens.check(token, now)
+        if auth_error is None and self.faults.token_expires_now():
+            self.tokens.expire(token, now)
+            auth_error = EXPIRED_TOKEN
+        if auth_error is not None:
+            return RestReply(401, _error_body(auth_error, AUTH_DESCRIPTIONS[auth_error])), False
+        handler = self.openlines.methods.get(method)
+        if handler is None:
+            return RestReply(404, _error_body(ERROR_METHOD_NOT_FOUND, "Method not found!")), False
+        if not self.budget.allows(method, now):
+            description = "Method is blocked due to operation time limit."
+            return RestReply(429, _error_body(OPERATION_TIME_LIMIT, description)), False
+        started = time.perf_counter()
+        try:
+            result: Any = handler(params)
+            applied = True
+        except RestError as exc:
+            result, applied = exc, False
+        cost = self.operating_cost_per_element * self.openlines.element_count(params)
+        reading = self.budget.spend(method, cost, now)
+        # Execution time: what the method "took" in simulated seconds, at least the real time.
+        took = max(cost, time.perf_counter() - started)
+        timing = self._timing(now, now + took, reading)
+        if isinstance(result, RestError):
+            return self._error_reply(method, result, timing), False
+        return RestReply(200, {"result": result, "time": timing}), applied
+
+    def _error_reply(self, method: str, exc: RestError, timing: dict[str, Any]) -> RestReply:
+        failure = {"error": exc.code, "error_description": exc.description}
+        if exc.in_result:
+            return RestReply(200, {"result": {"result": False, **failure}, "time": timing})
+        if self.legacy_errors and method in LEGACY_SHAPE_METHODS:
+            return RestReply(200, {"result": {"SUCCESS": False, **failure}, "time": timing})
+        return RestReply(exc.status, failure)
+
+    @staticmethod
+    def _timing(start: float, finish: float, reading: OperatingReading) -> dict[str, Any]:
+        duration = finish - start
+        return {
+            "start": start,
+            "finish": finish,
+            "duration": duration,
+            "processing": duration,
+            "date_start": _iso(start),
+            "date_finish": _iso(finish),
+            "operating_reset_at": int(reading.reset_at),
+            "operating": reading.operating,
+        }
+
+    # -- OAuth ------------------------------------------------------------------------------
+
+    def handle_token(self, params: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        """The `/oauth/token/` endpoint (refresh grant); returns (status, JSON body)."""
+        with self.lock:
+            now = self.clock()
+            try:
+                status, body = 200, self.tokens.refresh(params, now, self.client_endpoint)
+                error = None
+            except OAuthError as exc:
+                status, body = exc.status, _error_body(exc.code, exc.description)
+                error = exc.code
+            self.calls.append(
+                monotonic=time.monotonic(),
+                wall_time=now,
+                method=TOKEN_ENDPOINT,
+                params=dict(params),
+                http_status=status,
+                error=error,
+                fault=None,
+                applied=status == 200,
+            )
+            return status, body
+
+    def issue_tokens(self) -> dict[str, Any]:
+        """A fresh access+refresh pair, as an app install would hand over (token-endpoint shape)."""
+        with self.lock:
+            return self.tokens.issue(self.clock(), self.client_endpoint)
+
+    def expire_tokens(self) -> int:
+        """Expire every current access token (refresh tokens stay usable)."""
+        with self.lock:
+            return self.tokens.expire_all(self.clock())
+
+    # -- admin and inspection ------------------------------------------------------------------
+
+    def update_faults(self, changes: dict[str, Any]) -> dict[str, Any]:
+        with self.lock:
+            return self.faults.update(changes).as_dict()
+
+    def fault_settings(self) -> FaultSettings:
+        with self.lock:
+            return self.faults.settings
+
+    def update_limits(self, changes: dict[str, Any]) -> dict[str, Any]:
+        """Change rate/operating settings at runtime; unknown keys are refused."""
+        setters = {
+            "rate_limit_enabled": lambda v: setattr(self.bucket, "enabled", bool(v)),
+            "rate_limit_drain": lambda v: setattr(self.bucket, "drain", float(v)),
+            "rate_limit_burst": lambda v: setattr(self.bucket, "burst", int(v)),
+            "operating_limit": lambda v: setattr(self.budget, "limit", float(v)),
+            "operating_cost_per_element": lambda v: setattr(
+                self, "operating_cost_per_element", float(v)
+            ),
+            "legacy_errors": lambda v: setattr(self, "legacy_errors", bool(v)),
+        }
+        unknown = sorted(set(changes) - set(setters))
+        if unknown:
+            raise ValueError(f"unknown limit settings: {', '.join(unknown)}")
+        with self.lock:
+            for key, value in changes.items():
+                setters[key](value)
+            return self._limits()
+
+    def limits(self) -> dict[str, Any]:
+        with self.lock:
+            return self._limits()
+
+    def _limits(self) -> dict[str, Any]:
+        return {
+            "rate_limit_enabled": self.bucket.enabled,
+            "rate_limit_drain": self.bucket.drain,
+            "rate_limit_burst": self.bucket.burst,
+            "rate_limit_level": round(self.bucket.level(self.clock()), 6),
+            "operating_limit": self.budget.limit,
+            "operating_cost_per_element": self.operating_cost_per_element,
+            "legacy_errors": self.legacy_errors,
+        }
+
+    def post_operator_message(self, chat_id: int, text: str) -> dict[str, Any]:
+        """An operator message in a chat, awaiting send.status.delivery (see OpenLines)."""
+        with self.lock:
+            return self.openlines.post_operator_message(chat_id, text)
+
+    def call_records(self, since: int = 0, method: str | None = None) -> list[CallRecord]:
+        with self.lock:
+            return self.calls.records(since, method)
+
+    def state(self) -> dict[str, Any]:
+        """A JSON-ready snapshot of connectors, lines, data, users and chats with their messages."""
+        with self.lock:
+            return self.openlines.snapshot()
+
+    def reset(self) -> None:
+        """Forget calls, chats and limit counters; keep tokens, connectors, lines and settings."""
+        with self.lock:
+            self.calls.clear()
+            self.openlines.clear_chats()
+            self.bucket.reset()
+            self.budget.reset()
