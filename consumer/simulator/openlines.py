@@ -450,7 +450,7 @@ class OpenLines:
             direction="in",
             author_id=author,
             text=as_text(message.get("text")),
-            files=list(message.get("files") or []),
+            files=list(files) if isinstance(files := message.get("files"), list) else [],
             external_ids=[as_text(message["id"])] if not php_empty(message.get("id")) else [],
         )
         chat.messages.append(stored)

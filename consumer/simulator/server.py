@@ -82,9 +82,13 @@ class _Handler(BaseHTTPRequestHandler):
         self._dispatch()
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        # The request line may carry `auth=` in its query: log the path only.
+        # The query may carry `auth=` and a webhook path carries its secret code: log the
+        # method (last path segment) for REST calls and the bare path otherwise.
         del size
-        logger.debug("%s %s -> %s", self.command, urlsplit(self.path).path, code)
+        path = urlsplit(self.path).path
+        if path.startswith("/rest/"):
+            path = "/rest/" + path.rstrip("/").rsplit("/", 1)[-1]
+        logger.debug("%s %s -> %s", self.command, path, code)
 
     def log_message(self, format: str, *args: Any) -> None:
         # Stdlib messages quote the raw request line (tokens in the query); never log them.

@@ -86,7 +86,7 @@ def test_server_logs_no_secrets(sim: Sim, caplog: pytest.LogCaptureFixture) -> N
         "/oauth/token/",
         params={"grant_type": "refresh_token", "client_id": "x", "client_secret": "sim-secret"},
     )
-    sim.http.get("/rest/bad request line with spaces")
+    sim.http.post("/rest/1/webhooksecret42/imconnector.status", json={"CONNECTOR": "demo"})
     # httpx (the client) logs full URLs; only the simulator's own records are under test.
     server_log = "\n".join(
         record.getMessage() for record in caplog.records if record.name == "consumer.simulator"
@@ -94,6 +94,7 @@ def test_server_logs_no_secrets(sim: Sim, caplog: pytest.LogCaptureFixture) -> N
     assert "imconnector.status" in server_log  # method and status are logged...
     assert sim.token not in server_log  # ...secrets are not
     assert "sim-secret" not in server_log
+    assert "webhooksecret42" not in server_log
 
 
 def test_state_shows_connectors_lines_data_users_and_chats(sim: Sim) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from simulator_fixtures import CONNECTOR, LINE, message, running_simulator
 
 from consumer.simulator import LeakyBucket, OperatingBudget
@@ -127,3 +129,23 @@ def test_operating_budget_rolls_ten_one_minute_buckets() -> None:
     assert budget.reading("m", 100.0).reset_at == 600.0
     assert budget.allows("m", 600.0)  # first bucket (8 s) expired, 4 s left
     assert budget.reading("m", 600.0).operating == pytest.approx(4.0)
+
+
+@given(
+    gaps=st.lists(st.floats(min_value=0.0, max_value=2.0), min_size=1, max_size=200),
+    burst=st.integers(min_value=1, max_value=20),
+    drain=st.floats(min_value=0.1, max_value=10.0),
+)
+def test_leaky_bucket_never_admits_more_than_burst_plus_drain(
+    gaps: list[float], burst: int, drain: float
+) -> None:
+    bucket = LeakyBucket(drain=drain, burst=burst)
+    now, admitted = 0.0, []
+    for gap in gaps:
+        now += gap
+        if bucket.try_take(now):
+            admitted.append(now)
+    # Over any span the bucket admits at most its burst plus what drained meanwhile.
+    for i, start in enumerate(admitted):
+        for j in range(i, len(admitted)):
+            assert j - i + 1 <= burst + (admitted[j] - start) * drain + 1e-9
