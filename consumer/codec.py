@@ -14,6 +14,8 @@ import io
 import json
 import struct
 import threading
+import time
+import uuid
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Literal, cast
@@ -31,6 +33,7 @@ from consumer.errors import (
     UnknownWireFormat,
 )
 from consumer.events import (
+    PAYLOAD_KINDS,
     ChatEvent,
     ChatRenamed,
     DeliveryConfirmed,
@@ -56,6 +59,7 @@ __all__ = [
     "ChatEventEncoder",
     "SchemaRegistryClient",
     "WireFormat",
+    "event_from_json",
     "event_from_record",
     "event_to_record",
 ]
@@ -99,7 +103,7 @@ _bundle: _Bundle | None = None
 
 
 def _get_bundle() -> _Bundle:
-    global _bundle  # noqa: PLW0603 - parsed lazily once per process
+    global _bundle
     with _bundle_lock:
         if _bundle is None:
             _bundle = _Bundle()
@@ -119,6 +123,12 @@ class SchemaRegistryClient:
     def close(self) -> None:
         """Close the HTTP connection pool."""
         self._http.close()
+
+    def __enter__(self) -> SchemaRegistryClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def get_schema(self, schema_id: int) -> Any:
         """Return the parsed writer schema for `schema_id`; raises `UnknownSchema` on 404."""
@@ -239,6 +249,25 @@ def event_from_record(record: Mapping[str, Any]) -> ChatEvent:
     )
 
 
+def event_from_json(doc: Mapping[str, Any]) -> ChatEvent:
+    """A `ChatEvent` from the JSON shape of `imconnector-consumer produce`.
+
+    `{"portal", "connector", "line", "chat_id", "sequence"?, "event_id"?, "occurred_at"?,
+    "user"?: {...}, "type": "MessageSent", "payload": {...}}`
+    """
+    kind = doc.get("type")
+    if kind not in PAYLOAD_KINDS:
+        raise ValueError(f"'type' must be one of {', '.join(PAYLOAD_KINDS)}, got {kind!r}")
+    record = {
+        "event_id": doc.get("event_id") or str(uuid.uuid4()),
+        "portal": doc["portal"], "connector": doc["connector"], "line": int(doc["line"]),
+        "chat_id": str(doc["chat_id"]), "sequence": doc.get("sequence"),
+        "occurred_at": int(doc.get("occurred_at") or time.time() * 1000),
+        "user": doc.get("user"), "payload": (str(kind), dict(doc.get("payload") or {})),
+    }
+    return event_from_record(record)
+
+
 def _payload_record(payload: Payload) -> tuple[str, dict[str, Any]]:
     body: dict[str, Any]
     if isinstance(payload, MessageSent):
@@ -338,7 +367,7 @@ class ChatEventDecoder:
             return event_from_record(cast(Mapping[str, Any], record))
         except PoisonRecord:
             raise
-        except Exception as exc:  # noqa: BLE001 - any decoder failure makes the record poison
+        except Exception as exc:
             raise SchemaMismatch(f"Avro decoding failed: {type(exc).__name__}: {exc}"[:300],
                                  code="AVRO_DECODE") from exc
 

@@ -7,7 +7,7 @@ should see lives here and is unit- and property-tested. The only side effect is 
 Rules:
 * a rename waits for the chat's first successful send (held in state), then goes out;
   held longer than the rename timeout it is dead-lettered (class `causal_wait`);
-* a newer rename supersedes an older one that has not been sent yet;
+* a newer rename supersedes an older one still held for the session;
 * an edit or delete of a message already deleted is moot;
 * when a call exhausts its retries the chat is parked: its later events are dead-lettered
   in order (class `parked`) until a redrive replays the chat.
@@ -58,11 +58,12 @@ def new_call(
     origin: tuple[str, int, int],
     raw: bytes = b"",
     raw_key: bytes = b"",
+    headers: tuple[tuple[str, bytes], ...] = (),
 ) -> PendingCall:
     """The outbox entry for `event` (method and request element from `consumer.mapping`)."""
     method, element = element_for(event, state.user_id)
     return PendingCall(event.event_id, event.sequence, event.kind, method, element,
-                       event.occurred_at, origin, raw, raw_key)
+                       event.occurred_at, origin, raw, raw_key, headers)
 
 
 def _remember_failed(state: ChatState, call: PendingCall) -> None:
@@ -121,13 +122,8 @@ def _on_rename(state: ChatState, event: ChatEvent, call: PendingCall, now_ms: in
         # Without sequences, event time orders renames: a late older one changes nothing.
         return [Outcome(call, "superseded", code="NEWER_RENAME_SEEN")]
     state.last_rename_at = max(state.last_rename_at, event.occurred_at)
-    kept: list[PendingCall] = []
-    for queued in state.outbox:
-        if queued.method == RENAME and queued.status == QUEUED:
-            outcomes.append(Outcome(queued, "superseded", code="NEWER_RENAME"))
-        else:
-            kept.append(queued)
-    state.outbox = kept
+    # Only a *held* rename is superseded: which queued calls exist depends on timing, and
+    # the calls a chat's events produce must not.
     if state.held_rename is not None:
         outcomes.append(Outcome(state.held_rename, "superseded", code="NEWER_RENAME"))
         state.held_rename = None

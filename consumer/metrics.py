@@ -69,6 +69,9 @@ class Metrics:
                                   registry=r)
         self.sequence_gaps = Counter(f"{p}_sequence_gaps_total",
                                      "Sequence gaps given up on after the gap timeout.", registry=r)
+        self.event_latency = Histogram(f"{p}_event_latency_seconds",
+                                       "Event time to the end of its successful call.",
+                                       buckets=_LATENCY_BUCKETS, registry=r)
         self.calls_in_flight = Gauge(f"{p}_calls_in_flight", "Bitrix24 calls in flight.",
                                      registry=r)
         self.oldest_event_age = Gauge(f"{p}_oldest_unfinished_event_age_seconds",

@@ -8,6 +8,7 @@ by `event_id` over the chat's last `dedup_window` ids.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Generic, Literal, TypeVar
 
@@ -99,3 +100,83 @@ class ReorderBuffer(Generic[T]):
         """Remove and return held events at or below `watermark` (duplicates by now)."""
         stale = [seq for seq in self.held if seq <= watermark]
         return [self.held.pop(seq) for seq in sorted(stale)]
+
+
+@dataclass(slots=True)
+class Offer(Generic[T]):
+    """What offering one event (or letting time pass) did to a chat's lane."""
+
+    ready: list[tuple[T, Admission]] = field(default_factory=list)  # apply in this order
+    held: list[T] = field(default_factory=list)  # newly waiting for a gap
+    released: list[T] = field(default_factory=list)  # waited, now in `ready`
+    gaps: list[tuple[int, int]] = field(default_factory=list)  # missing ranges given up on
+
+
+class Lane(Generic[T]):
+    """One chat's admission: dedup, reorder buffer and gap handling around its `ChatState`.
+
+    `ready` items are already admitted (watermark advanced); the caller folds them in order.
+    Duplicates come back in `ready` with admission "duplicate" so they can be counted.
+    """
+
+    def __init__(self, capacity: int, dedup_window: int,
+                 event_of: Callable[[T], ChatEvent]) -> None:
+        self.buffer: ReorderBuffer[T] = ReorderBuffer(capacity)
+        self._dedup_window = dedup_window
+        self._event_of = event_of
+
+    def offer(self, state: ChatState, item: T, now_ms: int) -> Offer[T]:
+        """Admit, hold or reject `item`; release what it unblocks."""
+        out: Offer[T] = Offer()
+        self._offer(state, item, now_ms, out)
+        return out
+
+    def _offer(self, state: ChatState, item: T, now_ms: int, out: Offer[T]) -> None:
+        event = self._event_of(item)
+        admission = classify(state, event)
+        if admission == "duplicate":
+            out.ready.append((item, admission))
+            return
+        if admission == "early":
+            assert event.sequence is not None
+            if event.sequence in self.buffer.held:
+                out.ready.append((item, "duplicate"))
+                return
+            if self.buffer.hold(event.sequence, item, now_ms):
+                out.held.append(item)
+                return
+            self._give_up_gap(state, now_ms, out)  # full: move on from the lowest held
+            self._offer(state, item, now_ms, out)
+            return
+        admit(state, event, admission, self._dedup_window)
+        out.ready.append((item, admission))
+        self._release(state, now_ms, out)
+
+    def _release(self, state: ChatState, now_ms: int, out: Offer[T]) -> None:
+        for stale in self.buffer.drop_through(state.watermark):
+            out.released.append(stale)
+            out.ready.append((stale, "duplicate"))
+        while True:
+            nxt = self.buffer.pop_next(state.watermark, now_ms)
+            if nxt is None:
+                return
+            out.released.append(nxt)
+            admit(state, self._event_of(nxt), "new", self._dedup_window)
+            out.ready.append((nxt, "new"))
+
+    def _give_up_gap(self, state: ChatState, now_ms: int, out: Offer[T]) -> None:
+        lowest = self.buffer.lowest()
+        assert lowest is not None
+        out.gaps.append((state.watermark + 1, lowest - 1))
+        state.watermark = lowest - 1
+        self._release(state, now_ms, out)
+
+    def expire(self, state: ChatState, now_ms: int, timeout_ms: int) -> Offer[T]:
+        """Give up on a gap open longer than `timeout_ms`."""
+        out: Offer[T] = Offer()
+        if self.buffer.gap_expired(now_ms, timeout_ms):
+            self._give_up_gap(state, now_ms, out)
+        return out
+
+    def __len__(self) -> int:
+        return len(self.buffer)

@@ -29,6 +29,7 @@ class PendingCall:
     origin: tuple[str, int, int]  # source topic, partition, offset (for dead-letter headers)
     raw: bytes = b""  # the original record value, re-emitted verbatim if dead-lettered
     raw_key: bytes = b""
+    headers: tuple[tuple[str, bytes], ...] = ()  # original record headers
     status: int = QUEUED
     attempts: int = 0
     first_failure_ms: int = 0
@@ -38,7 +39,8 @@ class PendingCall:
     def to_json(self) -> list[Any]:
         """Compact positional form for the changelog."""
         return [self.event_id, self.seq, self.kind, self.method, self.element, self.occurred_at,
-                list(self.origin), self.raw.hex(), self.raw_key.hex(), self.status, self.attempts,
+                list(self.origin), self.raw.hex(), self.raw_key.hex(),
+                [[k, v.hex()] for k, v in self.headers], self.status, self.attempts,
                 self.first_failure_ms, self.held_since_ms, self.redrive_count]
 
     @classmethod
@@ -46,7 +48,8 @@ class PendingCall:
         """Inverse of `to_json`."""
         return cls(data[0], data[1], data[2], data[3], data[4], data[5],
                    (data[6][0], data[6][1], data[6][2]), bytes.fromhex(data[7]),
-                   bytes.fromhex(data[8]), data[9], data[10], data[11], data[12], data[13])
+                   bytes.fromhex(data[8]), tuple((k, bytes.fromhex(v)) for k, v in data[9]),
+                   data[10], data[11], data[12], data[13], data[14])
 
 
 @dataclass(slots=True)

@@ -1,0 +1,711 @@
+"""The engine: consume -> decode -> order/dedup -> fold -> dispatch -> commit (architecture §3).
+
+One poll thread owns all Kafka state; Bitrix24 calls run on the dispatcher's loop. Every
+`commit` is one Kafka transaction carrying changed chat states (changelog), outcome and
+dead-letter records, and the consumed offsets. A chat's calls wait in its state's outbox,
+so an event is durable as soon as its decision is committed; a call is marked in flight
+in a committed transaction *before* its request leaves (the send ledger), so after a
+crash an in-flight call is known to have an unknown outcome.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+
+from consumer.codec import ChatEventDecoder, SchemaRegistryClient
+from consumer.dispatch import Batch, BatchDone, Dispatcher
+from consumer.errors import PoisonRecord, RegistryUnavailable
+from consumer.events import ChatEvent
+from consumer.fold import (
+    FoldConfig,
+    Outcome,
+    new_call,
+    on_event,
+    on_failure,
+    on_restore,
+    on_success,
+    on_tick,
+)
+from consumer.kafka_io import (
+    Headers,
+    Topics,
+    consumer_config,
+    dead_letter_headers,
+    outcome_record,
+    producer_config,
+    read_partition_to_end,
+    restore_reader,
+)
+from consumer.mapping import BATCHABLE
+from consumer.metrics import Metrics
+from consumer.ordering import Lane, Offer
+from consumer.settings import Settings
+from consumer.state import IN_FLIGHT, ChatState, PendingCall
+
+logger = logging.getLogger(__name__)
+
+REDRIVE_HEADER = "imconnector.redrive.count"
+_ACTIVITY = re.compile(rb'"a":(\d+)')
+
+
+@dataclass(slots=True)
+class Held:
+    """An event waiting in a reorder buffer for a sequence gap to fill."""
+
+    event: ChatEvent
+    offset: int
+    raw: bytes
+    raw_key: bytes
+    headers: tuple[tuple[str, bytes], ...]
+    redrive: bool
+
+
+@dataclass(slots=True)
+class PartitionWork:
+    """Everything the engine keeps for one assigned source partition."""
+
+    topic: str
+    partition: int
+    epoch: int
+    states: dict[str, ChatState | bytes] = field(default_factory=dict)
+    lanes: dict[str, Lane[Held]] = field(default_factory=dict)  # chats holding a gap
+    held_offsets: set[int] = field(default_factory=set)
+    held_renames: set[str] = field(default_factory=set)
+    dirty: set[str] = field(default_factory=set)
+    tombstones: set[str] = field(default_factory=set)
+    busy: set[str] = field(default_factory=set)
+    ready: set[str] = field(default_factory=set)
+    next_offset: int = -1
+    committed: int = -1
+    pending: int = 0  # calls in outboxes + held renames
+    paused: bool = False
+    revoking: bool = False
+    rewind_until: float = 0.0
+
+    def state(self, chat: str) -> ChatState:
+        """The chat's state, decoded on first use after a restore."""
+        value = self.states.get(chat)
+        if value is None:
+            fresh = ChatState()
+            self.states[chat] = fresh
+            return fresh
+        if isinstance(value, bytes):
+            decoded = ChatState.from_bytes(value)
+            self.states[chat] = decoded
+            return decoded
+        return value
+
+    def committable(self) -> int:
+        """The offset to commit: nothing past an event still waiting in a reorder buffer."""
+        if self.held_offsets:
+            return min(self.held_offsets)
+        return self.next_offset
+
+
+def _pending_of(state: ChatState) -> int:
+    return len(state.outbox) + (state.held_rename is not None)
+
+
+class Engine:
+    """Runs the service loop until `stop()`; safe to run in a thread (tests) or as `main`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        dispatcher: Dispatcher,
+        *,
+        clock: Callable[[], float] = time.time,
+        create_sources: bool = False,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.dispatcher = dispatcher
+        self.clock = clock
+        self._create_sources = create_sources
+        engine = settings.engine
+        self.fold_config = FoldConfig(
+            rename_wait_timeout_ms=int(engine.rename_wait_timeout_s * 1000),
+            send_status_reading=engine.send_status_reading,
+        )
+        self._registry = (SchemaRegistryClient(settings.schema_registry_url)
+                          if settings.schema_registry_url else None)
+        self.decoder = ChatEventDecoder(self._registry)
+        self.parts: dict[tuple[str, int], PartitionWork] = {}
+        self._epoch = 0
+        self._stop = threading.Event()
+        self._consumer: Consumer | None = None
+        self._producer: Producer | None = None
+        self._last_commit = 0.0
+        self._outputs_since_commit = 0
+        self._last_tick = 0.0
+        self._last_sweep = 0.0
+        self._restoring = 0
+        self.assigned = False
+        self.started = threading.Event()
+        self._consumed = {t: metrics.events_consumed.labels(topic=t)
+                          for t in settings.source_topics}
+        self._outcome_counters: dict[str, Any] = {}
+
+    # -- life cycle ----------------------------------------------------------------------
+    def stop(self) -> None:
+        """Ask the loop to drain and exit (SIGTERM)."""
+        self._stop.set()
+
+    @property
+    def ready(self) -> bool:
+        """Assigned partitions restored and not shutting down."""
+        return self.assigned and self._restoring == 0 and not self._stop.is_set()
+
+    def run(self) -> None:
+        """Provision topics, join the group and process until stopped."""
+        settings = self.settings
+        topics = Topics(settings)
+        topics.wait_for_cluster()
+        topics.ensure(create_sources=self._create_sources)
+        self._producer = Producer(producer_config(settings))
+        self._producer.init_transactions(30)
+        self._producer.begin_transaction()
+        self._consumer = Consumer(consumer_config(settings, stats_cb=self.metrics.kafka.update))
+        self._consumer.subscribe(settings.source_topics, on_assign=self._on_assign,
+                                 on_revoke=self._on_revoke, on_lost=self._on_lost)
+        self.dispatcher.start()
+        self.started.set()
+        logger.info("consuming %s as group %s (instance %s)", ",".join(settings.source_topics),
+                    settings.group_id, settings.instance_id)
+        try:
+            while not self._stop.is_set():
+                self._iteration()
+            self._drain(settings.shutdown_grace_s)
+        finally:
+            self._close()
+
+    def _close(self) -> None:
+        consumer, producer = self._consumer, self._producer
+        if consumer is not None:
+            try:
+                consumer.close()  # revokes (drain + commit via _on_revoke) and leaves the group
+            except KafkaException as exc:
+                logger.warning("closing the consumer failed: %s", exc)
+        if producer is not None:
+            try:
+                producer.abort_transaction(10)
+            except KafkaException:
+                pass
+            producer.flush(10)
+        self.dispatcher.stop()
+        if self._registry is not None:
+            self._registry.close()
+        self.metrics.ready.set(0)
+
+    def _drain(self, grace: float) -> None:
+        """Stop fetching; let in-flight calls finish within `grace`; commit."""
+        assert self._consumer is not None
+        assigned = [TopicPartition(w.topic, w.partition) for w in self.parts.values()]
+        if assigned:
+            self._consumer.pause(assigned)
+        deadline = time.monotonic() + grace
+        while self.dispatcher.in_flight and time.monotonic() < deadline:
+            self.dispatcher.wait(0.05)
+            self._apply_completions()
+        self._commit(force=True)
+
+    # -- the loop ------------------------------------------------------------------------
+    def _iteration(self) -> None:
+        assert self._consumer is not None and self._producer is not None
+        now = time.monotonic()
+        self.metrics.poll_heartbeat.set(self.clock())
+        timeout = 0.005 if self.dispatcher.in_flight else 0.1
+        messages = self._consumer.consume(num_messages=2000, timeout=timeout)
+        for msg in messages:
+            error = msg.error()
+            if error is not None:
+                self._on_kafka_error(error)
+                continue
+            self._on_record(msg)
+        self._apply_completions()
+        if now - self._last_tick >= 0.2:
+            self._tick()
+            self._last_tick = now
+        batches = self._plan()
+        interval = self.settings.engine.commit_interval_ms / 1000
+        if batches or now - self._last_commit >= interval:
+            self._commit(force=bool(batches))
+        for batch in batches:
+            self.dispatcher.submit(batch)
+        self._backpressure()
+        self._producer.poll(0)
+        self.metrics.ready.set(1 if self.ready else 0)
+
+    def _on_kafka_error(self, error: KafkaError) -> None:
+        if error.code() == KafkaError._PARTITION_EOF:
+            return
+        if error.fatal():
+            raise KafkaException(error)
+        logger.warning("Kafka: %s", error.str())
+
+    # -- records -------------------------------------------------------------------------
+    def _on_record(self, msg: Message) -> None:
+        topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+        work = self.parts.get((topic, partition))
+        if work is None or work.rewind_until:
+            return
+        work.next_offset = offset + 1
+        self._consumed[topic].inc()
+        value = msg.value() or b""
+        raw_key = msg.key() or b""
+        headers: tuple[tuple[str, bytes], ...] = tuple(
+            (k, v or b"") for k, v in (msg.headers() or ()))
+        redrive = any(k == REDRIVE_HEADER for k, _ in headers)
+        try:
+            event = self.decoder.decode(value)
+        except PoisonRecord as exc:
+            self._dead_letter_poison(work, offset, value, raw_key, headers, exc)
+            return
+        except RegistryUnavailable as exc:
+            # Not the record's fault: re-read it later instead of dead-lettering it.
+            logger.error("%s; partition %s[%d] waits", exc, topic, partition)
+            work.next_offset = offset
+            work.rewind_until = time.monotonic() + 5.0
+            assert self._consumer is not None
+            self._consumer.seek(TopicPartition(topic, partition, offset))
+            return
+        self._admit(work, event, Held(event, offset, value, raw_key, headers, redrive))
+
+    def _admit(self, work: PartitionWork, event: ChatEvent, held: Held) -> None:
+        chat = event.key
+        state = work.state(chat)
+        lane = work.lanes.get(chat)
+        if lane is None:
+            lane = Lane(self.settings.engine.reorder_buffer_per_chat,
+                        self.settings.engine.dedup_window, _event_of)
+        self._offered(work, chat, state, lane, lane.offer(state, held, self._now_ms()))
+
+    def _offered(self, work: PartitionWork, chat: str, state: ChatState, lane: Lane[Held],
+                 offer: Offer[Held]) -> None:
+        for item in offer.released:
+            work.held_offsets.discard(item.offset)
+        for item in offer.held:
+            work.held_offsets.add(item.offset)
+        if len(lane):
+            work.lanes[chat] = lane
+        else:
+            work.lanes.pop(chat, None)
+        for first, last in offer.gaps:
+            logger.warning("sequence gap %d..%d given up on", first, last,
+                           extra={"chat": chat, "topic": work.topic, "partition": work.partition})
+            self.metrics.sequence_gaps.inc()
+            self._produce_outcome(chat, outcome_gap(chat, f"{first}..{last}"))
+        if offer.gaps or offer.ready:
+            work.dirty.add(chat)
+        for item, admission in offer.ready:
+            if admission == "duplicate":
+                self._record_skip(work, chat, item, "duplicate")
+            else:
+                self._apply(work, chat, state, item)
+
+    def _apply(self, work: PartitionWork, chat: str, state: ChatState, held: Held) -> None:
+        before = _pending_of(state)
+        call = new_call(held.event, state, (work.topic, work.partition, held.offset), held.raw,
+                        held.raw_key, held.headers)
+        if held.redrive:
+            call.redrive_count = _redrive_count(held.headers)
+        outcomes = on_event(state, held.event, call, self._now_ms(), self.fold_config,
+                            redrive=held.redrive)
+        self._after_change(work, chat, state, before, outcomes)
+
+    def _after_change(self, work: PartitionWork, chat: str, state: ChatState, before: int,
+                      outcomes: list[Outcome]) -> None:
+        for outcome in outcomes:
+            self._emit(chat, outcome)
+        work.pending += _pending_of(state) - before
+        work.dirty.add(chat)
+        work.tombstones.discard(chat)
+        if state.held_rename is not None:
+            work.held_renames.add(chat)
+        else:
+            work.held_renames.discard(chat)
+        if state.outbox and chat not in work.busy:
+            work.ready.add(chat)
+
+    # -- outcomes and dead letters -------------------------------------------------------
+    def _count_outcome(self, outcome: str) -> None:
+        counter = self._outcome_counters.get(outcome)
+        if counter is None:
+            counter = self._outcome_counters[outcome] = self.metrics.outcomes.labels(
+                outcome=outcome)
+        counter.inc()
+
+    def _record_skip(self, work: PartitionWork, chat: str, held: Held, outcome: str) -> None:
+        self._count_outcome(outcome)
+        event = held.event
+        self._produce_outcome(chat, outcome_record_raw(
+            event.event_id, chat, event.sequence, event.kind, outcome,
+            (work.topic, work.partition, held.offset)))
+
+    def _emit(self, chat: str, outcome: Outcome) -> None:
+        call = outcome.call
+        if outcome.outcome == "ambiguous_resent":
+            self.metrics.ambiguous_sends.labels(policy="resend").inc()
+        else:
+            self._count_outcome(outcome.outcome)
+        if outcome.outcome == "applied":
+            self.metrics.event_latency.observe(max(0.0, self.clock() - call.occurred_at / 1000))
+        self._produce_outcome(chat, outcome_record(
+            chat, call, outcome.outcome, error_class=outcome.error_class, code=outcome.code,
+            message=outcome.message, http_status=outcome.http_status, result=outcome.result,
+            attempts=call.attempts or None, redrive=call.redrive_count or None))
+        if outcome.outcome == "dead_lettered":
+            assert outcome.error_class is not None
+            self.metrics.dead_letters.labels(error_class=outcome.error_class).inc()
+            headers = dead_letter_headers(
+                call, group=self.settings.group_id, error_class=outcome.error_class,
+                code=outcome.code, message=outcome.message, http_status=outcome.http_status,
+                attempts=call.attempts, now_ms=self._now_ms())
+            self._produce(self.settings.dlq_topic(call.origin[0]), call.raw_key or chat.encode(),
+                          call.raw, headers, partition=call.origin[1])
+
+    def _dead_letter_poison(self, work: PartitionWork, offset: int, value: bytes,
+                            raw_key: bytes, headers: tuple[tuple[str, bytes], ...],
+                            exc: PoisonRecord) -> None:
+        call = PendingCall("", None, "unknown", "", {}, 0, (work.topic, work.partition, offset),
+                           value, raw_key, headers)
+        logger.warning("poison record dead-lettered: %s", exc,
+                       extra={"topic": work.topic, "partition": work.partition, "offset": offset})
+        self._emit(raw_key.decode(errors="replace"),
+                   Outcome(call, "dead_lettered", "poison", exc.code, str(exc)))
+
+    def _produce_outcome(self, chat: str, value: bytes) -> None:
+        self._produce(self.settings.outcomes_topic, chat.encode(), value, None)
+
+    def _produce(self, topic: str, key: bytes, value: bytes | None, headers: Headers | None,
+                 partition: int | None = None) -> None:
+        assert self._producer is not None
+        kwargs: dict[str, Any] = {"key": key, "value": value}
+        if headers:
+            kwargs["headers"] = headers
+        if partition is not None:
+            kwargs["partition"] = partition
+        while True:
+            try:
+                self._producer.produce(topic, **kwargs)
+                break
+            except BufferError:
+                self._producer.poll(0.05)  # local queue full: let deliveries drain
+        self._outputs_since_commit += 1
+
+    # -- dispatch ------------------------------------------------------------------------
+    def _plan(self) -> list[Batch]:
+        """Group the head calls of ready chats into requests; mark them in flight."""
+        limit = self.settings.engine.max_in_flight_requests
+        if self.dispatcher.in_flight >= limit:
+            return []
+        size = self.settings.engine.batch_size
+        open_batches: dict[tuple[str, str, int, str], Batch] = {}
+        batches: list[Batch] = []
+        blocked: dict[str, bool] = {}
+        for work in self.parts.values():
+            if work.revoking or not work.ready:
+                continue
+            for chat in list(work.ready):
+                state = work.states.get(chat)
+                work.ready.discard(chat)
+                if not isinstance(state, ChatState) or not state.outbox or chat in work.busy:
+                    continue
+                head = state.outbox[0]
+                portal, connector, line, _ = chat.split("|", 3)
+                if portal not in blocked:
+                    blocked[portal] = not self.dispatcher.portal_has_capacity(portal)
+                if blocked[portal]:
+                    work.ready.add(chat)
+                    continue
+                group = (portal, connector, int(line), head.method)
+                batch = open_batches.get(group) if head.method in BATCHABLE else None
+                if batch is None or len(batch.calls) >= size:
+                    if len(batches) + self.dispatcher.in_flight >= limit:
+                        work.ready.add(chat)
+                        continue
+                    batch = Batch(portal, connector, int(line), head.method, [], epoch=work.epoch)
+                    batches.append(batch)
+                    open_batches[group] = batch
+                batch.calls.append((chat, head))
+                batch.routes.append((work.topic, work.partition, work.epoch))
+                head.status = IN_FLIGHT
+                head.attempts += 1
+                work.busy.add(chat)
+                work.dirty.add(chat)
+        return batches
+
+    def _apply_completions(self) -> None:
+        for done in self.dispatcher.drain():
+            self._apply_done(done)
+
+    def _apply_done(self, done: BatchDone) -> None:
+        now_ms = self._now_ms()
+        for result, (topic, partition, epoch) in zip(done.results, done.batch.routes,
+                                                     strict=True):
+            work = self.parts.get((topic, partition))
+            if work is None or work.epoch != epoch:
+                continue  # revoked meanwhile: the new owner sees the call as in flight
+            chat = result.chat_key
+            work.busy.discard(chat)
+            state = work.state(chat)
+            if not state.outbox or state.outbox[0] is not result.call:
+                continue
+            before = _pending_of(state)
+            call = result.call
+            call.attempts = max(call.attempts, result.attempts)
+            if result.ok:
+                outcomes = on_success(state, call, result.result, now_ms)
+            else:
+                call.first_failure_ms = call.first_failure_ms or now_ms
+                outcomes = on_failure(state, call, result.error_class or "permanent",
+                                      result.code or "UNKNOWN", result.message or "", now_ms,
+                                      result.http_status)
+                if result.error_class == "exhausted":
+                    self.metrics.parked_chats.inc()
+            self._after_change(work, chat, state, before, outcomes)
+
+    # -- time ----------------------------------------------------------------------------
+    def _now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    def _tick(self) -> None:
+        now_ms = self._now_ms()
+        gap_ms = int(self.settings.engine.gap_timeout_s * 1000)
+        for work in list(self.parts.values()):
+            if work.rewind_until and time.monotonic() >= work.rewind_until:
+                work.rewind_until = 0.0
+            for chat, lane in list(work.lanes.items()):
+                state = work.state(chat)
+                offer = lane.expire(state, now_ms, gap_ms)
+                if offer.gaps:
+                    self._offered(work, chat, state, lane, offer)
+            for chat in list(work.held_renames):
+                state = work.state(chat)
+                before = _pending_of(state)
+                outcomes = on_tick(state, now_ms, self.fold_config)
+                if outcomes:
+                    self._after_change(work, chat, state, before, outcomes)
+        if time.monotonic() - self._last_sweep >= 30:
+            self._last_sweep = time.monotonic()
+            self._sweep(now_ms)
+        self._gauges(now_ms)
+
+    def _sweep(self, now_ms: int) -> None:
+        """Expire idle chats past the TTL (tombstones keep the changelog compact)."""
+        ttl_ms = int(self.settings.engine.chat_ttl_s * 1000)
+        for work in self.parts.values():
+            for chat, value in list(work.states.items()):
+                if isinstance(value, bytes):
+                    match = _ACTIVITY.search(value)
+                    active = int(match.group(1)) if match else now_ms
+                    idle = b'"o"' not in value and b'"h"' not in value and b'"p"' not in value
+                else:
+                    active, idle = value.last_activity_ms, value.is_idle()
+                if idle and chat not in work.busy and chat not in work.lanes \
+                        and now_ms - active > ttl_ms:
+                    del work.states[chat]
+                    work.tombstones.add(chat)
+                    work.dirty.add(chat)
+
+    def _gauges(self, now_ms: int) -> None:
+        held = 0
+        chats = 0
+        for work in self.parts.values():
+            chats += len(work.states)
+            held += len(work.held_offsets)
+            oldest = None
+            for chat in work.busy | work.ready:
+                state = work.states.get(chat)
+                if isinstance(state, ChatState) and state.outbox:
+                    at = state.outbox[0].occurred_at
+                    oldest = at if oldest is None else min(oldest, at)
+            age = 0.0 if oldest is None else max(0.0, (now_ms - oldest) / 1000)
+            self.metrics.oldest_event_age.labels(topic=work.topic,
+                                                 partition=str(work.partition)).set(age)
+        self.metrics.chats_in_state.set(chats)
+        self.metrics.reorder_held.set(held)
+        self.metrics.breaker_state  # noqa: B018 - set by the dispatcher
+        self.metrics.assigned_partitions.set(len(self.parts))
+
+    # -- backpressure ----------------------------------------------------------------------
+    def _backpressure(self) -> None:
+        assert self._consumer is not None
+        if not self.parts:
+            return
+        limit = max(10, self.settings.engine.max_buffered_events // len(self.parts))
+        pause, resume = [], []
+        for work in self.parts.values():
+            load = work.pending + len(work.held_offsets)
+            if not work.paused and load >= limit:
+                work.paused = True
+                pause.append(TopicPartition(work.topic, work.partition))
+            elif work.paused and load <= limit // 2 and not work.revoking:
+                work.paused = False
+                resume.append(TopicPartition(work.topic, work.partition))
+        if pause:
+            self._consumer.pause(pause)
+        if resume:
+            self._consumer.resume(resume)
+        self.metrics.paused_partitions.set(sum(1 for w in self.parts.values() if w.paused))
+
+    # -- commit --------------------------------------------------------------------------
+    def _commit(self, force: bool = False) -> None:
+        """One transaction: changed states, outputs so far and the committable offsets."""
+        assert self._consumer is not None and self._producer is not None
+        offsets: list[TopicPartition] = []
+        for work in self.parts.values():
+            target = work.committable()
+            if target > work.committed and target >= 0:
+                offsets.append(TopicPartition(work.topic, work.partition, target))
+        dirty = any(work.dirty for work in self.parts.values())
+        if not (offsets or dirty or self._outputs_since_commit):
+            self._last_commit = time.monotonic()
+            return
+        started = time.monotonic()
+        for work in self.parts.values():
+            if not work.dirty:
+                continue
+            changelog = self.settings.changelog_topic(work.topic)
+            for chat in work.dirty:
+                state = work.states.get(chat)
+                if state is None:
+                    value = None  # tombstone: the chat expired
+                else:
+                    value = state if isinstance(state, bytes) else state.to_bytes()
+                    if isinstance(state, ChatState) and state.is_idle() \
+                            and chat not in work.busy and not state.recent_ids:
+                        work.states[chat] = value  # keep idle chats compact in memory
+                self._produce(changelog, chat.encode(), value, None, partition=work.partition)
+            work.dirty.clear()
+            work.tombstones.clear()
+        try:
+            if offsets:
+                self._producer.send_offsets_to_transaction(
+                    offsets, self._consumer.consumer_group_metadata(), 30)
+            self._producer.commit_transaction(60)
+        except KafkaException as exc:
+            self.metrics.transactions.labels(result="aborted").inc()
+            # State in memory is now ahead of Kafka; the only safe way on is a restart
+            # that restores from the changelog (which is what a pod restart does).
+            logger.critical("Kafka transaction failed (%s); exiting so state is restored "
+                            "from the changelog", exc.args[0])
+            raise
+        self._producer.begin_transaction()
+        for tp in offsets:
+            work = self.parts.get((tp.topic, tp.partition))
+            if work is not None:
+                work.committed = tp.offset
+        self._outputs_since_commit = 0
+        self._last_commit = time.monotonic()
+        self.metrics.transactions.labels(result="committed").inc()
+        self.metrics.transaction_duration.observe(time.monotonic() - started)
+
+    # -- rebalance -----------------------------------------------------------------------
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.metrics.rebalances.labels(type="assign").inc()
+        self.assigned = True
+        self._restoring += len(partitions)
+        self.metrics.restoring_partitions.set(self._restoring)
+        reader = restore_reader(self.settings)
+        try:
+            for tp in partitions:
+                self._epoch += 1
+                work = PartitionWork(tp.topic, tp.partition, self._epoch)
+                self._restore(reader, work)
+                self.parts[(tp.topic, tp.partition)] = work
+                self._restoring -= 1
+                self.metrics.restoring_partitions.set(self._restoring)
+        finally:
+            reader.close()
+        self.metrics.assigned_partitions.set(len(self.parts))
+
+    def _restore(self, reader: Consumer, work: PartitionWork) -> None:
+        started = time.monotonic()
+        changelog = self.settings.changelog_topic(work.topic)
+        states = work.states
+        count = 0
+        for key, value in read_partition_to_end(reader, changelog, work.partition, timeout=300):
+            count += 1
+            chat = key.decode()
+            if value is None:
+                states.pop(chat, None)
+            else:
+                states[chat] = value
+        self.metrics.restore_records.inc(count)
+        policy = self.settings.engine.unknown_outcome_policy
+        for chat, value in list(states.items()):
+            if not isinstance(value, bytes) or (b'"o"' not in value and b'"h"' not in value):
+                continue
+            state = work.state(chat)
+            before = 0
+            outcomes = on_restore(state, policy)
+            for outcome in outcomes:
+                self._emit(chat, outcome)
+            if outcomes:
+                work.dirty.add(chat)
+            work.pending += _pending_of(state) - before
+            if state.held_rename is not None:
+                work.held_renames.add(chat)
+            if state.outbox:
+                work.ready.add(chat)
+        logger.info("restored %d chat states of %s[%d] from %d records in %.2fs", len(states),
+                    work.topic, work.partition, count, time.monotonic() - started)
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.metrics.rebalances.labels(type="revoke").inc()
+        works = [self.parts[(tp.topic, tp.partition)] for tp in partitions
+                 if (tp.topic, tp.partition) in self.parts]
+        for work in works:
+            work.revoking = True
+        deadline = time.monotonic() + min(self.settings.shutdown_grace_s, 15.0)
+        while any(work.busy for work in works) and time.monotonic() < deadline:
+            self.dispatcher.wait(0.05)
+            self._apply_completions()
+        self._commit(force=True)
+        for work in works:
+            del self.parts[(work.topic, work.partition)]
+        self.metrics.assigned_partitions.set(len(self.parts))
+        self.assigned = bool(self.parts)
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.metrics.rebalances.labels(type="lost").inc()
+        raise KafkaException(KafkaError(KafkaError._FATAL,
+                                        "partitions lost (session timeout); restarting to "
+                                        "restore state from the changelog"))
+
+
+def _event_of(held: Held) -> ChatEvent:
+    return held.event
+
+
+def _redrive_count(headers: tuple[tuple[str, bytes], ...]) -> int:
+    for key, value in headers:
+        if key == REDRIVE_HEADER:
+            try:
+                return int(value)
+            except ValueError:
+                return 1
+    return 0
+
+
+def outcome_record_raw(event_id: str, chat: str, seq: int | None, kind: str, outcome: str,
+                       origin: tuple[str, int, int]) -> bytes:
+    """An outcome line for an event that never became a call (duplicate, ...)."""
+    call = PendingCall(event_id, seq, kind, "", {}, 0, origin)
+    return outcome_record(chat, call, outcome)
+
+
+def outcome_gap(chat: str, missing: str) -> bytes:
+    """An outcome line recording a sequence gap the chat moved past."""
+    call = PendingCall("", None, "gap", "", {}, 0, ("", -1, -1))
+    return outcome_record(chat, call, "gap", missing=missing)

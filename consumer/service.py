@@ -1,0 +1,69 @@
+"""Wiring: settings -> metrics, token store, Bitrix24 client, dispatcher, engine, ops server."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from types import FrameType
+
+from consumer import __version__
+from consumer.bitrix.client import BitrixClient
+from consumer.bitrix.oauth import TokenStore
+from consumer.dispatch import Dispatcher
+from consumer.engine import Engine
+from consumer.health import OpsServer
+from consumer.kafka_io import KafkaTokenStore
+from consumer.metrics import Metrics
+from consumer.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+def build_engine(
+    settings: Settings,
+    metrics: Metrics,
+    *,
+    token_store: TokenStore | None = None,
+    create_sources: bool = False,
+) -> Engine:
+    """An engine with its dispatcher and Bitrix24 client, not yet running."""
+    store = token_store if token_store is not None else KafkaTokenStore(settings)
+
+    def on_refresh(result: str) -> None:
+        metrics.token_refreshes.labels(result=result).inc()
+
+    def client_factory() -> BitrixClient:
+        return BitrixClient(settings.portals, settings.http, store, on_refresh=on_refresh)
+
+    dispatcher = Dispatcher(
+        client_factory, settings.retry, metrics,
+        max_in_flight=settings.engine.max_in_flight_requests,
+        unknown_outcome_policy=settings.engine.unknown_outcome_policy,
+    )
+    return Engine(settings, metrics, dispatcher, create_sources=create_sources)
+
+
+def run_service(settings: Settings) -> int:
+    """Run until SIGTERM/SIGINT; drain within the grace period; return the exit code."""
+    metrics = Metrics(version=__version__)
+    engine = build_engine(settings, metrics)
+    ops = OpsServer(metrics, lambda: engine.ready, host=settings.http_host,
+                    port=settings.http_port).start()
+    logger.info("metrics and probes on :%d (/metrics, /healthz, /readyz)", ops.port)
+    stopping = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        if stopping.is_set():
+            return
+        stopping.set()
+        logger.info("signal %d: draining (grace %.0fs)", signum, settings.shutdown_grace_s)
+        engine.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        engine.run()
+    finally:
+        ops.stop()
+    return 0

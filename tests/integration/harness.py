@@ -1,0 +1,195 @@
+"""Helpers for integration tests: run the engine against the real broker and the simulator."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+from prometheus_client import CollectorRegistry
+
+from consumer.bitrix.oauth import MemoryTokenStore, TokenStore
+from consumer.codec import ChatEventEncoder
+from consumer.engine import Engine
+from consumer.events import ChatEvent
+from consumer.fold import FoldConfig, new_call, on_event, on_success
+from consumer.mapping import RENAME
+from consumer.metrics import Metrics
+from consumer.ordering import Lane
+from consumer.service import build_engine
+from consumer.settings import Settings
+from consumer.simulator import SimulatorServer
+
+CONNECTOR = "test_connector"
+LINE = 7
+PORTAL = "portal-a"
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 60.0, what: str = "condition",
+               interval: float = 0.05) -> Any:
+    """Poll `predicate` until truthy; fail with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+def portal_settings(sim: SimulatorServer, tokens: dict[str, Any] | None = None,
+                    **extra: Any) -> dict[str, Any]:
+    """Settings of one portal backed by `sim` (tokens freshly issued unless given)."""
+    tokens = tokens or sim.issue_tokens()
+    return {"rest_url": f"{sim.url}/rest/", "oauth_url": f"{sim.url}/oauth/token/",
+            "client_id": sim.config.client_id, "client_secret": sim.config.client_secret,
+            "access_token": tokens["access_token"], "refresh_token": tokens["refresh_token"],
+            "rate_drain": 1000.0, "rate_burst": 1000, **extra}
+
+
+def make_settings(bootstrap: str, topic: str, group: str, sim: SimulatorServer,
+                  portals: dict[str, Any] | None = None, **overrides: Any) -> Settings:
+    """Settings for one test: its own topic, group and topics derived from them."""
+    engine = {"commit_interval_ms": 20, "gap_timeout_s": 10.0, "batch_size": 50,
+              **overrides.pop("engine", {})}
+    return Settings(
+        kafka={"bootstrap_servers": bootstrap, "statistics_interval_ms": 1000},
+        source_topics=[topic], group_id=group, instance_id=overrides.pop("instance_id", "i1"),
+        schema_registry_url=f"{sim.url}/registry",
+        outcomes_topic=f"{topic}.outcomes", tokens_topic=f"{topic}.tokens",
+        portals=portals or {PORTAL: portal_settings(sim)},
+        engine=engine, retry=overrides.pop("retry", {"base_delay_s": 0.01, "max_delay_s": 0.2}),
+        http_port=0, shutdown_grace_s=overrides.pop("shutdown_grace_s", 5.0), **overrides)
+
+
+class EngineThread:
+    """An engine running in a background thread with its own metrics registry."""
+
+    def __init__(self, settings: Settings, token_store: TokenStore | None = None) -> None:
+        self.metrics = Metrics(CollectorRegistry())
+        self.engine: Engine = build_engine(settings, self.metrics,
+                                           token_store=token_store or MemoryTokenStore())
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self.engine.run()
+        except BaseException as exc:  # noqa: BLE001 - surfaced by stop()
+            self.error = exc
+
+    def __enter__(self) -> EngineThread:
+        self.thread.start()
+        wait_until(self.engine.started.is_set, 60, "engine start")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self.engine.stop()
+        self.thread.join(60)
+        assert not self.thread.is_alive(), "engine did not stop"
+        if self.error is not None:
+            raise AssertionError(f"engine crashed: {self.error!r}") from self.error
+
+    def outcome(self, name: str) -> float:
+        return self.metrics.registry.get_sample_value(
+            "imconnector_event_outcomes_total", {"outcome": name}) or 0.0
+
+    def outcomes_total(self) -> float:
+        return sum(self.outcome(n) for n in ("applied", "duplicate", "superseded", "moot",
+                                             "skipped", "dead_lettered"))
+
+
+def produce(bootstrap: str, topic: str, events: Iterable[ChatEvent],
+            encoders: list[ChatEventEncoder], headers: list[tuple[str, bytes]] | None = None
+            ) -> int:
+    """Publish `events` keyed by chat, cycling through `encoders`; returns the count."""
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+    count = 0
+    for index, event in enumerate(events):
+        value = encoders[index % len(encoders)].encode(event)
+        producer.produce(topic, key=event.key.encode(), value=value, headers=headers or [])
+        producer.poll(0)
+        count += 1
+    assert producer.flush(30) == 0
+    return count
+
+
+def produce_raw(bootstrap: str, topic: str, key: bytes, value: bytes) -> None:
+    producer = Producer({"bootstrap.servers": bootstrap})
+    producer.produce(topic, key=key, value=value, headers=[("trace", b"abc")])
+    assert producer.flush(30) == 0
+
+
+def read_all(bootstrap: str, topic: str, expect: int | None = None,
+             timeout: float = 30.0) -> list[Any]:
+    """Every committed record of `topic` (waiting until `expect` records are there)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{time.time_ns()}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                         "isolation.level": "read_committed"})
+    meta = consumer.list_topics(topic, timeout=10).topics[topic]
+    consumer.assign([TopicPartition(topic, p, 0) for p in meta.partitions])
+    out: list[Any] = []
+    deadline = time.monotonic() + timeout
+    idle_since = time.monotonic()
+    try:
+        while time.monotonic() < deadline:
+            batch = consumer.consume(500, timeout=0.2)
+            got = [m for m in batch if m.error() is None]
+            out.extend(got)
+            if got:
+                idle_since = time.monotonic()
+            if expect is None and time.monotonic() - idle_since > 1.0:
+                break
+            if expect is not None and len(out) >= expect:
+                break
+    finally:
+        consumer.close()
+    return out
+
+
+def applied_calls(sim: SimulatorServer) -> dict[str, list[tuple[str, str]]]:
+    """Per external chat id, the (method, identity) of every element the portal applied."""
+    per_chat: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for record in sim.portal.call_records():
+        if record.http_status != 200 or not record.applied:
+            continue
+        params = {k.upper(): v for k, v in record.params.items()}
+        if record.method == RENAME:
+            per_chat[str(params["CHAT_ID"])].append((record.method, str(params["NAME"])))
+            continue
+        for element in params.get("MESSAGES", []):
+            per_chat[str(element["chat"]["id"])].append((record.method, identity(element)))
+    return per_chat
+
+
+def identity(element: dict[str, Any]) -> str:
+    message_id = element["message"]["id"]
+    return ",".join(message_id) if isinstance(message_id, list) else str(message_id)
+
+
+def expected_calls(script: list[ChatEvent]) -> list[tuple[str, str]]:
+    """What the portal must see for one chat's script delivered in order (pure fold)."""
+    state_calls: list[tuple[str, str]] = []
+    from consumer.state import ChatState
+
+    state = ChatState()
+    lane: Lane[ChatEvent] = Lane(1000, 1000, lambda e: e)
+    for now, event in enumerate(script):
+        for item, admission in lane.offer(state, event, now).ready:
+            if admission == "duplicate":
+                continue
+            on_event(state, item, new_call(item, state, ("t", 0, 0)), now, FoldConfig())
+            while state.outbox:
+                head = state.outbox[0]
+                ident = str(head.element["NAME"]) if head.method == RENAME else \
+                    identity(head.element)
+                state_calls.append((head.method, ident))
+                on_success(state, head, None, now)
+    return state_calls

@@ -1,0 +1,171 @@
+"""The fold's rules, one by one (architecture §3 'decide', §4 send ledger, §5 parking)."""
+
+from __future__ import annotations
+
+import itertools
+
+from consumer.events import (
+    ChatEvent,
+    ChatRenamed,
+    ExternalUser,
+    MessageDeleted,
+    MessageEdited,
+    MessageSent,
+    ReadConfirmed,
+)
+from consumer.fold import (
+    FoldConfig,
+    new_call,
+    on_event,
+    on_failure,
+    on_restore,
+    on_success,
+    on_tick,
+)
+from consumer.mapping import DELETE, RENAME, SEND, UPDATE
+from consumer.state import IN_FLIGHT, QUEUED, ChatState
+
+CONFIG = FoldConfig(rename_wait_timeout_ms=10_000)
+_ids = itertools.count(1)
+
+
+def ev(payload, seq=None, at=1000, user="u1") -> ChatEvent:
+    return ChatEvent(event_id=f"e{next(_ids)}", portal="p", connector="c", line=1,
+                     chat_id="chat", occurred_at=at, payload=payload, sequence=seq,
+                     user=ExternalUser(id=user, name="Ann") if user else None)
+
+
+def feed(state: ChatState, event: ChatEvent, now: int = 0, **kw):
+    return on_event(state, event, new_call(event, state, ("t", 0, 0)), now, CONFIG, **kw)
+
+
+def test_rename_before_first_send_is_held_then_released_after_the_send():
+    state = ChatState()
+    assert feed(state, ev(ChatRenamed("VIP"), 1)) == []
+    assert state.held_rename is not None and state.outbox == []
+    feed(state, ev(MessageSent("m1", "hi"), 2))
+    assert [c.method for c in state.outbox] == [SEND]
+    on_success(state, state.outbox[0], {"session_id": "7"}, 5)
+    assert state.session and state.held_rename is None
+    assert [c.method for c in state.outbox] == [RENAME]
+    assert state.outbox[0].element == {"CHAT_ID": "chat", "NAME": "VIP", "USER_ID": "u1"}
+
+
+def test_rename_behind_a_queued_send_goes_out_after_it():
+    state = ChatState()
+    feed(state, ev(MessageSent("m1", "hi"), 1))
+    feed(state, ev(ChatRenamed("VIP"), 2))
+    assert [c.method for c in state.outbox] == [SEND, RENAME]
+
+
+def test_newer_held_rename_supersedes_older():
+    state = ChatState()
+    feed(state, ev(ChatRenamed("old"), 1))
+    outcomes = feed(state, ev(ChatRenamed("new"), 2))
+    assert [o.outcome for o in outcomes] == ["superseded"]
+    assert outcomes[0].call.element["NAME"] == "old"
+    assert state.held_rename.element["NAME"] == "new"
+
+
+def test_late_older_rename_without_sequence_is_superseded():
+    state = ChatState(session=True)
+    feed(state, ev(ChatRenamed("new"), at=2000))
+    outcomes = feed(state, ev(ChatRenamed("old"), at=1000))
+    assert [o.outcome for o in outcomes] == ["superseded"]
+
+
+def test_held_rename_times_out_into_a_causal_wait_dead_letter():
+    state = ChatState()
+    feed(state, ev(ChatRenamed("VIP"), 1), now=0)
+    assert on_tick(state, 9_999, CONFIG) == []
+    outcomes = on_tick(state, 10_000, CONFIG)
+    assert [(o.outcome, o.error_class, o.code) for o in outcomes] == [
+        ("dead_lettered", "causal_wait", "CHAT_RENAMING_FAILED")]
+    assert state.failed == [1]
+
+
+def test_renaming_failed_on_the_portal_holds_the_rename():
+    state = ChatState(session=True)
+    feed(state, ev(ChatRenamed("VIP"), 1))
+    call = state.outbox[0]
+    assert on_failure(state, call, "causal_wait", "CHAT_RENAMING_FAILED", "x", 1) == []
+    assert state.held_rename is call and not state.session
+
+
+def test_edit_or_delete_after_delete_is_moot():
+    state = ChatState(session=True)
+    feed(state, ev(MessageDeleted("m1"), 1))
+    assert [o.outcome for o in feed(state, ev(MessageEdited("m1", "x"), 2))] == ["moot"]
+    assert [o.outcome for o in feed(state, ev(MessageDeleted("m1"), 3))] == ["moot"]
+    assert [c.method for c in state.outbox] == [DELETE]
+    feed(state, ev(MessageEdited("m2", "y"), 4))
+    assert [c.method for c in state.outbox] == [DELETE, UPDATE]
+
+
+def test_reading_status_can_be_disabled():
+    state = ChatState()
+    outcomes = on_event(state, e := ev(ReadConfirmed(1, 2, ("x",)), 1),
+                        new_call(e, state, ("t", 0, 0)), 0,
+                        FoldConfig(send_status_reading=False))
+    assert [o.outcome for o in outcomes] == ["skipped"] and not state.outbox
+
+
+def test_exhausted_retries_park_the_chat_and_dead_letter_later_events_in_order():
+    state = ChatState()
+    for seq in (1, 2, 3):
+        feed(state, ev(MessageSent(f"m{seq}", "x"), seq))
+    head = state.outbox[0]
+    outcomes = on_failure(state, head, "exhausted", "INTERNAL_SERVER_ERROR", "5xx", 10)
+    assert [(o.error_class, o.call.seq) for o in outcomes] == [
+        ("exhausted", 1), ("parked", 2), ("parked", 3)]
+    assert state.parked and state.outbox == []
+    later = feed(state, ev(MessageSent("m4", "x"), 4))
+    assert [(o.error_class, o.code) for o in later] == [("parked", "CHAT_PARKED")]
+    assert state.failed == [1, 2, 3, 4]
+    # A redriven event unparks the chat and is applied.
+    assert feed(state, ev(MessageSent("m1", "x"), 1), redrive=True) == []
+    assert not state.parked and [c.seq for c in state.outbox] == [1]
+
+
+def test_permanent_failure_dead_letters_only_that_event():
+    state = ChatState()
+    feed(state, ev(MessageSent("m1", "x"), 1))
+    feed(state, ev(MessageSent("m2", "x"), 2))
+    outcomes = on_failure(state, state.outbox[0], "permanent", "NOT_ACTIVE_LINE", "x", 1, 400)
+    assert [(o.outcome, o.http_status) for o in outcomes] == [("dead_lettered", 400)]
+    assert [c.seq for c in state.outbox] == [2] and not state.parked
+
+
+def test_in_flight_send_after_restart_follows_the_unknown_outcome_policy():
+    for policy, expected in (("resend", "ambiguous_resent"), ("dead-letter", "dead_lettered")):
+        state = ChatState()
+        feed(state, ev(MessageSent("m1", "x"), 1))
+        state.outbox[0].status = IN_FLIGHT
+        restored = ChatState.from_bytes(state.to_bytes())
+        outcomes = on_restore(restored, policy)
+        assert [o.outcome for o in outcomes] == [expected]
+        if policy == "resend":
+            assert restored.outbox[0].status == QUEUED
+        else:
+            assert restored.outbox == [] and outcomes[0].error_class == "ambiguous"
+
+
+def test_in_flight_idempotent_call_is_always_resent():
+    state = ChatState(session=True)
+    feed(state, ev(MessageEdited("m1", "x"), 1))
+    state.outbox[0].status = IN_FLIGHT
+    outcomes = on_restore(state, "dead-letter")
+    assert [o.outcome for o in outcomes] == ["ambiguous_resent"]
+    assert state.outbox[0].status == QUEUED
+
+
+def test_state_round_trips_through_the_changelog_codec():
+    state = ChatState(session=True)
+    feed(state, ev(ChatRenamed("VIP"), 1))
+    feed(state, ev(MessageSent("m1", "x"), 2))
+    feed(state, ev(MessageDeleted("m0"), 3))
+    state.failed = [7]
+    again = ChatState.from_bytes(state.to_bytes())
+    assert again.to_bytes() == state.to_bytes()
+    assert again.outbox[0].element == state.outbox[0].element
+    assert again.deleted == ["m0"] and again.watermark == 0
