@@ -1,0 +1,265 @@
+{{/*
+Names. Kubernetes name fields are DNS labels: at most 63 characters, no trailing dash.
+*/}}
+{{- define "imconnector-consumer.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "imconnector-consumer.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Chart name and version for the helm.sh/chart label ("+" is not allowed in labels). */}}
+{{- define "imconnector-consumer.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels on every resource. */}}
+{{- define "imconnector-consumer.labels" -}}
+helm.sh/chart: {{ include "imconnector-consumer.chart" . }}
+{{ include "imconnector-consumer.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | trunc 63 | trimSuffix "-" | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/component: consumer
+app.kubernetes.io/part-of: imconnector
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Selector labels: immutable, so only name and instance (never the chart version). */}}
+{{- define "imconnector-consumer.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "imconnector-consumer.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/* metadata.annotations body shared by every resource (empty when none). */}}
+{{- define "imconnector-consumer.annotations" -}}
+{{- with .Values.commonAnnotations }}
+{{- toYaml . }}
+{{- end }}
+{{- end }}
+
+{{- define "imconnector-consumer.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "imconnector-consumer.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* registry/repository:tag or @digest; floating tags are refused. */}}
+{{- define "imconnector-consumer.image" -}}
+{{- $repo := .Values.image.repository }}
+{{- if .Values.image.registry }}
+{{- $repo = printf "%s/%s" (trimSuffix "/" .Values.image.registry) $repo }}
+{{- end }}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" $repo .Values.image.digest }}
+{{- else }}
+{{- $tag := .Values.image.tag | default .Chart.AppVersion | toString }}
+{{- if has $tag (list "latest" "head" "canary") }}
+{{- fail (printf "image.tag %q floats; pin a version or set image.digest" $tag) }}
+{{- end }}
+{{- printf "%s:%s" $repo $tag }}
+{{- end }}
+{{- end }}
+
+{{/* The Secret holding the IMCONNECTOR_* secret environment variables. */}}
+{{- define "imconnector-consumer.secretName" -}}
+{{- default (include "imconnector-consumer.fullname" .) .Values.existingSecret }}
+{{- end }}
+
+{{/* Kafka CA bundle: mounted when given inline or as an existing Secret. */}}
+{{- define "imconnector-consumer.kafkaCaEnabled" -}}
+{{- if or .Values.kafka.tls.caCert .Values.kafka.tls.existingSecret }}true{{ end }}
+{{- end }}
+
+{{- define "imconnector-consumer.kafkaCaSecretName" -}}
+{{- default (printf "%s-kafka-ca" (include "imconnector-consumer.fullname" .) | trunc 63 | trimSuffix "-") .Values.kafka.tls.existingSecret }}
+{{- end }}
+
+{{- define "imconnector-consumer.kafkaCaKey" -}}
+{{- if .Values.kafka.tls.existingSecret }}{{ .Values.kafka.tls.caKey }}{{ else }}ca.crt{{ end }}
+{{- end }}
+
+{{- define "imconnector-consumer.kafkaCaPath" -}}
+/etc/imconnector/kafka-ca/ca.crt
+{{- end }}
+
+{{/* terminationGracePeriodSeconds: the service's drain grace plus a margin. */}}
+{{- define "imconnector-consumer.terminationGracePeriodSeconds" -}}
+{{- add (int .Values.shutdown.graceSeconds) (int .Values.shutdown.marginSeconds) }}
+{{- end }}
+
+{{/*
+A scalar as an environment variable string. Values files give numbers as float64, which
+toString would print as 5.24288e+07; whole numbers print as integers instead.
+*/}}
+{{- define "imconnector-consumer.scalar" -}}
+{{- if and (kindIs "float64" .) (eq (float64 (int64 .)) .) }}
+{{- int64 . }}
+{{- else }}
+{{- toString . }}
+{{- end }}
+{{- end }}
+
+{{/* Env name of one portal setting: IMCONNECTOR_PORTALS__<PORTAL>__<FIELD>. */}}
+{{- define "imconnector-consumer.portalEnv" -}}
+{{- printf "IMCONNECTOR_PORTALS__%s__%s" (upper (index . 0)) (index . 1) }}
+{{- end }}
+
+{{/*
+Non-secret settings as a name -> value YAML map: the typed values first, then `config`.
+Both the ConfigMap and its checksum annotation are built from this.
+*/}}
+{{- define "imconnector-consumer.configEnv" -}}
+{{- $v := .Values }}
+{{- $env := dict }}
+{{- $servers := required "kafka.bootstrapServers is required: set it to host:port[,host:port] (see ci/default-values.yaml)" $v.kafka.bootstrapServers }}
+{{- $_ := set $env "IMCONNECTOR_KAFKA__BOOTSTRAP_SERVERS" $servers }}
+{{- $_ := set $env "IMCONNECTOR_KAFKA__SECURITY_PROTOCOL" $v.kafka.securityProtocol }}
+{{- with $v.kafka.sasl.mechanism }}
+{{- $_ := set $env "IMCONNECTOR_KAFKA__SASL_MECHANISM" . }}
+{{- end }}
+{{- if include "imconnector-consumer.kafkaCaEnabled" . }}
+{{- $_ := set $env "IMCONNECTOR_KAFKA__SSL_CA_LOCATION" (include "imconnector-consumer.kafkaCaPath" .) }}
+{{- end }}
+{{- $_ := set $env "IMCONNECTOR_KAFKA__STATISTICS_INTERVAL_MS" $v.kafka.statisticsIntervalMs }}
+{{- $librdkafka := dict "auto.offset.reset" $v.kafka.autoOffsetReset }}
+{{- range $key, $value := $v.kafka.librdkafka }}
+{{- if eq $key "auto.offset.reset" }}
+{{- fail "kafka.librdkafka.auto.offset.reset: set kafka.autoOffsetReset instead (KEDA's offsetResetPolicy must agree with it)" }}
+{{- end }}
+{{- if regexMatch "(?i)(password|secret)" $key }}
+{{- fail (printf "kafka.librdkafka.%s looks like a secret; put it in secretEnv (or existingSecret) so it never lands in the ConfigMap" $key) }}
+{{- end }}
+{{- $_ := set $librdkafka $key (include "imconnector-consumer.scalar" $value) }}
+{{- end }}
+{{- $_ := set $env "IMCONNECTOR_KAFKA__CONFIG" (toJson $librdkafka) }}
+{{- $_ := set $env "IMCONNECTOR_SOURCE_TOPICS" (join "," $v.kafka.topics) }}
+{{- $_ := set $env "IMCONNECTOR_GROUP_ID" $v.kafka.groupId }}
+{{- with $v.schemaRegistryUrl }}
+{{- $_ := set $env "IMCONNECTOR_SCHEMA_REGISTRY_URL" . }}
+{{- end }}
+{{- $_ := set $env "IMCONNECTOR_HTTP_PORT" $v.httpPort }}
+{{- $_ := set $env "IMCONNECTOR_SHUTDOWN_GRACE_S" $v.shutdown.graceSeconds }}
+{{- $_ := set $env "IMCONNECTOR_LOG_FORMAT" $v.logging.format }}
+{{- $_ := set $env "IMCONNECTOR_LOG_LEVEL" $v.logging.level }}
+{{- range $portal, $p := $v.portals }}
+{{- $_ := set $env (include "imconnector-consumer.portalEnv" (list $portal "REST_URL")) $p.restUrl }}
+{{- $_ := set $env (include "imconnector-consumer.portalEnv" (list $portal "CLIENT_ID")) $p.clientId }}
+{{- with $p.oauthUrl }}
+{{- $_ := set $env (include "imconnector-consumer.portalEnv" (list $portal "OAUTH_URL")) . }}
+{{- end }}
+{{- if hasKey $p "rateDrain" }}
+{{- $_ := set $env (include "imconnector-consumer.portalEnv" (list $portal "RATE_DRAIN")) $p.rateDrain }}
+{{- end }}
+{{- if hasKey $p "rateBurst" }}
+{{- $_ := set $env (include "imconnector-consumer.portalEnv" (list $portal "RATE_BURST")) $p.rateBurst }}
+{{- end }}
+{{- if hasKey $p "rateShare" }}
+{{- $_ := set $env (include "imconnector-consumer.portalEnv" (list $portal "RATE_SHARE")) $p.rateShare }}
+{{- end }}
+{{- end }}
+{{- range $name, $value := $v.config }}
+{{- if regexMatch "(?i)(PASSWORD|SECRET|TOKEN)" $name }}
+{{- fail (printf "config.%s looks like a secret; put it in secretEnv (or existingSecret) so it never lands in the ConfigMap" $name) }}
+{{- end }}
+{{- $_ := set $env $name $value }}
+{{- end }}
+{{- range $name := keys $env | sortAlpha }}
+{{ $name }}: {{ include "imconnector-consumer.scalar" (index $env $name) | quote }}
+{{- end }}
+{{- end }}
+
+{{/*
+Secret settings as a name -> value YAML map (plain text; the Secret encodes them).
+Refuses inline secrets when existingSecret is set, so nobody believes they were applied.
+*/}}
+{{- define "imconnector-consumer.secretEnv" -}}
+{{- $v := .Values }}
+{{- $env := dict }}
+{{- with $v.kafka.sasl.username }}
+{{- $_ := set $env "IMCONNECTOR_KAFKA__SASL_USERNAME" . }}
+{{- end }}
+{{- with $v.kafka.sasl.password }}
+{{- $_ := set $env "IMCONNECTOR_KAFKA__SASL_PASSWORD" . }}
+{{- end }}
+{{- range $portal, $p := $v.portals }}
+{{- range $field, $envField := dict "clientSecret" "CLIENT_SECRET" "accessToken" "ACCESS_TOKEN" "refreshToken" "REFRESH_TOKEN" }}
+{{- with index $p $field }}
+{{- $_ := set $env (include "imconnector-consumer.portalEnv" (list $portal $envField)) . }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- range $name, $value := $v.secretEnv }}
+{{- $_ := set $env $name $value }}
+{{- end }}
+{{- if and $v.existingSecret (gt (len $env) 0) }}
+{{- fail (printf "existingSecret %q is set, so inline secrets (%s) would be ignored: put them in that Secret instead" $v.existingSecret (keys $env | sortAlpha | join ", ")) }}
+{{- end }}
+{{- range $name := keys $env | sortAlpha }}
+{{ $name }}: {{ include "imconnector-consumer.scalar" (index $env $name) | quote }}
+{{- end }}
+{{- end }}
+
+{{/* KEDA's sasl mode for librdkafka's sasl.mechanism. */}}
+{{- define "imconnector-consumer.kedaSasl" -}}
+{{- $m := .Values.kafka.sasl.mechanism }}
+{{- if eq $m "PLAIN" }}plaintext
+{{- else if eq $m "SCRAM-SHA-256" }}scram_sha256
+{{- else if eq $m "SCRAM-SHA-512" }}scram_sha512
+{{- else if eq $m "OAUTHBEARER" }}oauthbearer
+{{- end }}
+{{- end }}
+
+{{/* true when Kafka traffic is TLS-encrypted. */}}
+{{- define "imconnector-consumer.kafkaTls" -}}
+{{- if has .Values.kafka.securityProtocol (list "SSL" "SASL_SSL") }}true{{ end }}
+{{- end }}
+
+{{/* KEDA's maxReplicaCount: the requested ceiling, never above the partition count. */}}
+{{- define "imconnector-consumer.kedaMaxReplicas" -}}
+{{- $partitions := int .Values.kafka.partitions }}
+{{- $max := int .Values.keda.maxReplicaCount }}
+{{- if or (eq $max 0) (gt $max $partitions) }}{{ $partitions }}{{ else }}{{ $max }}{{ end }}
+{{- end }}
+
+{{/* A probe: the custom one when given, else httpGet on the http port without `enabled`. */}}
+{{- define "imconnector-consumer.probe" -}}
+{{- $probe := index . 0 }}
+{{- $custom := index . 1 }}
+{{- $path := index . 2 }}
+{{- if $custom }}
+{{- toYaml $custom }}
+{{- else }}
+httpGet:
+  path: {{ $path }}
+  port: http
+{{ omit $probe "enabled" | toYaml }}
+{{- end }}
+{{- end }}
+
+{{/* KEDA needs credentials when Kafka uses SASL or a private CA. */}}
+{{- define "imconnector-consumer.kedaTriggerAuthNeeded" -}}
+{{- if or .Values.kafka.sasl.mechanism (include "imconnector-consumer.kafkaCaEnabled" .) }}true{{ end }}
+{{- end }}
+
+{{/* The TriggerAuthentication the kafka triggers use ("" = none needed). */}}
+{{- define "imconnector-consumer.kedaAuthenticationRef" -}}
+{{- if .Values.keda.authenticationRef }}
+{{- .Values.keda.authenticationRef }}
+{{- else if include "imconnector-consumer.kedaTriggerAuthNeeded" . }}
+{{- include "imconnector-consumer.fullname" . }}
+{{- end }}
+{{- end }}
