@@ -308,6 +308,7 @@ def rows() -> list[Row]:
                     Target(
                         f"sum by (topic) (imconnector_kafka_consumer_lag{{{SEL}}})", "{{topic}}"
                     ),
+                    width=6,
                 ),
                 timeseries(
                     "Top 10 partitions by lag",
@@ -317,6 +318,7 @@ def rows() -> list[Row]:
                         f"(imconnector_kafka_consumer_lag{{{SEL}}}))",
                         "{{topic}}/{{partition}}",
                     ),
+                    width=6,
                 ),
                 timeseries(
                     "Oldest unfinished event age by topic",
@@ -327,6 +329,14 @@ def rows() -> list[Row]:
                         "{{topic}}",
                     ),
                     unit="s",
+                    width=6,
+                ),
+                timeseries(
+                    "End-to-end latency",
+                    "Event time to the end of its successful Bitrix24 call (quantiles).",
+                    *quantiles("imconnector_event_latency_seconds"),
+                    unit="s",
+                    width=6,
                 ),
                 timeseries(
                     "Assigned and paused partitions by pod",
@@ -474,14 +484,24 @@ def rows() -> list[Row]:
                         "{{pod}}",
                     ),
                     unit="percentunit",
-                    width=6,
+                    width=8,
                 ),
                 timeseries(
                     "Resident memory",
                     "Resident set size of each process (compare with the memory limit).",
                     Target(f"sum by (pod) (process_resident_memory_bytes{{{SEL}}})", "{{pod}}"),
                     unit="bytes",
-                    width=6,
+                    width=8,
+                ),
+                timeseries(
+                    "Poll loop heartbeat age",
+                    "Seconds since the Kafka poll loop last ran (/healthz fails when stale).",
+                    Target(
+                        "max by (pod) (time() - "
+                        f"imconnector_poll_loop_last_seen_timestamp_seconds{{{SEL}}})",
+                        "{{pod}}",
+                    ),
+                    unit="s",
                 ),
                 timeseries(
                     "Open file descriptors",
@@ -491,7 +511,7 @@ def rows() -> list[Row]:
                         "{{pod}}",
                     ),
                     unit="percentunit",
-                    width=6,
+                    width=12,
                 ),
                 timeseries(
                     "Restarts and GC",
@@ -505,7 +525,7 @@ def rows() -> list[Row]:
                         f"(increase(python_gc_collections_total{{{SEL}}}[{RATE}]))",
                         "gc gen{{generation}} {{pod}}",
                     ),
-                    width=6,
+                    width=12,
                 ),
             ],
         ),
