@@ -12,12 +12,15 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 echo "install-prometheus: apt-get install prometheus (promtool)" >&2
 export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq
-# --no-install-recommends: only the binaries are needed, not the node exporter and friends.
-apt-get install -y -qq --no-install-recommends prometheus >/dev/null
-# The package enables a prometheus server service; on a dev or CI machine it is not wanted.
-if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
-  systemctl disable --now prometheus >/dev/null 2>&1 || true
+# Only the binaries are wanted, not a running server: a temporary policy-rc.d (exit 101)
+# tells the package scripts not to start the service. Removed again on exit.
+policy=/usr/sbin/policy-rc.d
+if [ ! -e "$policy" ]; then
+  printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod 755 "$policy"
+  trap 'rm -f "$policy"' EXIT
 fi
+apt-get update -qq
+# --no-install-recommends: skips the node exporter and other extras.
+apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 command -v promtool >/dev/null \
   || { echo "install-prometheus: promtool still not on PATH after install" >&2; exit 1; }
