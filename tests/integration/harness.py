@@ -154,7 +154,7 @@ def read_all(bootstrap: str, topic: str, expect: int | None = None,
     return out
 
 
-def applied_calls(sim: SimulatorServer) -> dict[str, list[tuple[str, str]]]:
+def applied_call_list(sim: SimulatorServer) -> dict[str, list[tuple[str, str]]]:
     """Per external chat id, the (method, identity) of every element the portal applied."""
     per_chat: dict[str, list[tuple[str, str]]] = defaultdict(list)
     for record in sim.portal.call_records():
@@ -170,8 +170,10 @@ def applied_calls(sim: SimulatorServer) -> dict[str, list[tuple[str, str]]]:
 
 
 def identity(element: dict[str, Any]) -> str:
-    message_id = element["message"]["id"]
-    return ",".join(message_id) if isinstance(message_id, list) else str(message_id)
+    message = element["message"]
+    message_id = message["id"]
+    ident = ",".join(message_id) if isinstance(message_id, list) else str(message_id)
+    return f"{ident}:{message['text']}" if "text" in message else ident
 
 
 def expected_calls(script: list[ChatEvent]) -> list[tuple[str, str]]:

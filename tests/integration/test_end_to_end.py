@@ -28,7 +28,7 @@ from tests.integration.harness import (
     LINE,
     PORTAL,
     EngineThread,
-    applied_calls,
+    applied_call_list,
     expected_calls,
     make_settings,
     produce,
@@ -162,6 +162,6 @@ def test_shuffled_and_duplicated_events_give_exactly_the_expected_calls_in_order
                    "every record to reach an outcome")
         duplicates = running.outcome("duplicate")
     assert duplicates == len(events) - sum(len(s) for s in scripts)
-    seen = applied_calls(sim)
+    seen = applied_call_list(sim)
     for script in scripts:
         assert seen[script[0].chat_id] == expected_calls(script), script[0].chat_id

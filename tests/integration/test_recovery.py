@@ -1,0 +1,205 @@
+"""Restarts, crashes and rebalances on the real broker (architecture §6 invariants 1-4).
+
+* a consumer SIGKILLed mid-stream and restarted applies nothing twice, except a call that
+  was in flight at the kill, which is recorded as ambiguous;
+* two consumers in one group, a third joining mid-stream: per-chat order, no duplicates;
+* a partition's state is restored from the changelog after reassignment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+from collections import Counter, defaultdict
+from dataclasses import replace
+
+import pytest
+
+from consumer.codec import ChatEventEncoder
+from consumer.events import ChatEvent, ChatRenamed, ExternalUser, MessageSent
+from consumer.mapping import RENAME, element_for
+from consumer.simulator import SimulatorConfig, SimulatorServer
+from consumer.workload import chat_script, interleave
+from tests.integration.harness import (
+    CONNECTOR,
+    LINE,
+    PORTAL,
+    EngineThread,
+    applied_call_list,
+    expected_calls,
+    identity,
+    make_settings,
+    portal_settings,
+    produce,
+    read_all,
+    wait_until,
+)
+
+pytestmark = pytest.mark.kafka
+FINAL = {"applied", "dead_lettered", "moot", "superseded", "skipped"}
+
+
+@pytest.fixture
+def sim():
+    with SimulatorServer(SimulatorConfig(preset_lines=[(CONNECTOR, LINE)],
+                                         rate_limit_enabled=False, latency_ms=15)) as server:
+        server.start()
+        yield server
+
+
+def _workload(seed: int, chats: int, lo: int, hi: int) -> tuple[list[list[ChatEvent]],
+                                                                 list[ChatEvent]]:
+    rng = random.Random(seed)
+    scripts = [chat_script(rng, PORTAL, CONNECTOR, LINE, f"chat-{i}", rng.randint(lo, hi),
+                           start_ms=1_764_000_000_000) for i in range(chats)]
+    return scripts, interleave(scripts, rng, duplicate_rate=0.1, reorder_rate=0.1)
+
+
+def _final_outcomes(bootstrap: str, topic: str) -> tuple[dict[str, str], Counter[str]]:
+    """event id -> final outcome (committed records only), and ambiguous resends by id."""
+    final: dict[str, str] = {}
+    ambiguous: Counter[str] = Counter()
+    for msg in read_all(bootstrap, topic):
+        doc = json.loads(msg.value())
+        if doc["outcome"] == "ambiguous_resent":
+            ambiguous[doc["event_id"]] += 1
+        elif doc["outcome"] in FINAL:
+            assert doc["event_id"] not in final, f"two final outcomes for {doc['event_id']}"
+            final[doc["event_id"]] = doc["outcome"]
+    return final, ambiguous
+
+
+def _check_calls(sim: SimulatorServer, scripts: list[list[ChatEvent]],
+                 ambiguous: Counter[str]) -> int:
+    """Per chat: the applied calls are the expected ones in order; a call may repeat right
+    after itself only if its event was recorded as ambiguous. Returns the repeats."""
+    ident_to_event: dict[tuple[str, str, str], list[str]] = {}
+    for script in scripts:
+        for event in script:
+            method, element = element_for(event, None)
+            ident = str(element["NAME"]) if method == RENAME else identity(element)
+            ident_to_event.setdefault((event.chat_id, method, ident), []).append(event.event_id)
+    seen = applied_call_list(sim)
+    repeats = 0
+    for script in scripts:
+        chat = script[0].chat_id
+        expected = expected_calls(script)
+        matched = 0
+        for call in seen.get(chat, []):
+            if matched < len(expected) and call == expected[matched]:
+                matched += 1
+                continue
+            # Anything else must be a repeat of the call just made, recorded as ambiguous.
+            assert matched and call == expected[matched - 1], f"{chat}: unexpected {call}"
+            events = ident_to_event[(chat, call[0], call[1])]
+            assert any(ambiguous[e] for e in events), f"{chat}: {call} twice, not ambiguous"
+            repeats += 1
+        assert matched == len(expected), f"{chat}: {expected[matched:]} never applied"
+    return repeats
+
+
+def test_sigkill_mid_stream_then_restart_applies_nothing_twice(kafka_bootstrap, topic_factory,
+                                                               unique, sim, tmp_path):
+    topic = topic_factory(3)
+    group = unique("g")
+    scripts, events = _workload(5, 120, 4, 12)
+    settings = make_settings(kafka_bootstrap, topic, group, sim)
+    env = {**os.environ,
+           "IMCONNECTOR_KAFKA__BOOTSTRAP_SERVERS": kafka_bootstrap,
+           "IMCONNECTOR_SOURCE_TOPICS": topic, "IMCONNECTOR_GROUP_ID": group,
+           "IMCONNECTOR_INSTANCE_ID": "kill-test", "IMCONNECTOR_HTTP_PORT": "0",
+           "IMCONNECTOR_OUTCOMES_TOPIC": settings.outcomes_topic,
+           "IMCONNECTOR_TOKENS_TOPIC": settings.tokens_topic,
+           "IMCONNECTOR_SCHEMA_REGISTRY_URL": f"{sim.url}/registry",
+           "IMCONNECTOR_PORTALS": json.dumps({PORTAL: portal_settings(sim)}),
+           "IMCONNECTOR_ENGINE__COMMIT_INTERVAL_MS": "20",
+           "IMCONNECTOR_ENGINE__BATCH_SIZE": "5",
+           "IMCONNECTOR_LOG_FORMAT": "json"}
+    log = open(tmp_path / "consumer.log", "wb")  # noqa: SIM115 - closed below
+
+    def start() -> subprocess.Popen[bytes]:
+        return subprocess.Popen([sys.executable, "-m", "consumer", "run"], env=env,
+                                stdout=log, stderr=subprocess.STDOUT)
+
+    produce(kafka_bootstrap, topic, events, [ChatEventEncoder("single-object")])
+    first = start()
+    try:
+        wait_until(lambda: len(sim.portal.call_records()) >= 40, 90, "calls before the kill")
+        first.send_signal(signal.SIGKILL)
+        first.wait(30)
+        second = start()
+        try:
+            distinct = {e.event_id for e in events}
+            wait_until(lambda: len(_final_outcomes(kafka_bootstrap, settings.outcomes_topic)[0])
+                       >= len(distinct), 180, "a final outcome for every event", interval=1.0)
+            second.send_signal(signal.SIGTERM)
+            assert second.wait(60) == 0
+        finally:
+            if second.poll() is None:
+                second.kill()
+    finally:
+        if first.poll() is None:
+            first.kill()
+        log.close()
+    final, ambiguous = _final_outcomes(kafka_bootstrap, settings.outcomes_topic)
+    assert set(final) == {e.event_id for e in events}
+    repeats = _check_calls(sim, scripts, ambiguous)
+    assert repeats <= sum(ambiguous.values())
+    print(f"kill test: {len(events)} records, {len(final)} events, "
+          f"{sum(ambiguous.values())} ambiguous resends, {repeats} repeated calls")
+
+
+def test_rebalance_two_consumers_and_a_third_joining_keeps_order(kafka_bootstrap, topic_factory,
+                                                                 unique, sim):
+    topic = topic_factory(6)
+    group = unique("g")
+    scripts, events = _workload(9, 200, 4, 10)
+    half = len(events) // 2
+    encoder = [ChatEventEncoder("single-object")]
+    engines = [EngineThread(make_settings(kafka_bootstrap, topic, group, sim,
+                                          instance_id=f"r{i}")) for i in range(3)]
+    with engines[0], engines[1]:
+        produce(kafka_bootstrap, topic, events[:half], encoder)
+        wait_until(lambda: len(sim.portal.call_records()) >= 30, 60, "first calls")
+        with engines[2]:
+            produce(kafka_bootstrap, topic, events[half:], encoder)
+            wait_until(lambda: sum(e.outcomes_total() for e in engines) >= len(events), 180,
+                       "every record to reach an outcome")
+            assert all(e.engine.parts for e in engines), "each consumer got partitions"
+    _, ambiguous = _final_outcomes(kafka_bootstrap, f"{topic}.outcomes")
+    assert _check_calls(sim, scripts, ambiguous) == 0
+    assert sum(ambiguous.values()) == 0
+
+
+def test_state_is_restored_after_reassignment(kafka_bootstrap, topic_factory, unique, sim):
+    topic = topic_factory(2)
+    group = unique("g")
+    encoder = [ChatEventEncoder("single-object")]
+
+    def event(seq: int, payload) -> ChatEvent:
+        return ChatEvent(event_id=f"00000000-0000-4000-8000-{seq:012d}", portal=PORTAL,
+                         connector=CONNECTOR, line=LINE, chat_id="chat-r", occurred_at=seq,
+                         payload=payload, sequence=seq, user=None)
+
+    first_send = replace(event(1, MessageSent("m1", "hi")), user=ExternalUser(id="u-r"))
+    with EngineThread(make_settings(kafka_bootstrap, topic, group, sim, instance_id="a")) as a:
+        produce(kafka_bootstrap, topic, [first_send], encoder)
+        wait_until(lambda: a.outcome("applied") >= 1, 60, "the first send")
+    # Another instance takes over: it must know the chat has a session and its watermark.
+    with EngineThread(make_settings(kafka_bootstrap, topic, group, sim, instance_id="b")) as b:
+        wait_until(lambda: b.engine.ready, 60, "restored and ready")
+        produce(kafka_bootstrap, topic, [first_send, event(2, ChatRenamed("Restored"))], encoder)
+        wait_until(lambda: b.outcome("applied") >= 1, 60, "the rename")
+        assert b.outcome("duplicate") == 1
+        restored = b.metrics.registry.get_sample_value("imconnector_state_restore_records_total")
+        assert restored and restored >= 1
+    methods = [r.method for r in sim.portal.call_records() if r.http_status == 200]
+    assert methods == ["imconnector.send.messages", "imconnector.chat.name.set"]
+    by_chat = defaultdict(list)
+    for r in sim.portal.call_records():
+        by_chat[r.method].append(r.params)
+    assert by_chat["imconnector.chat.name.set"][0]["USER_ID"] == "u-r"
