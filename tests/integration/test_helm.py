@@ -189,6 +189,26 @@ def test_schema_rejects_bad_values(helm: str, sets: tuple[str, ...], message: st
     assert message in result.stderr
 
 
+def test_schema_and_values_yaml_describe_the_same_keys() -> None:
+    """Every key of a strict schema object has a documented default in values.yaml."""
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())
+    walked = 0
+
+    def walk(node: dict[str, Any], values: Any, path: str) -> None:
+        nonlocal walked
+        if not isinstance(values, dict) or not values or "properties" not in node:
+            return
+        if node.get("additionalProperties") is False:
+            assert set(values) == set(node["properties"]), path or "(top level)"
+        for key, sub in node["properties"].items():
+            walked += 1
+            walk(sub, values.get(key), f"{path}.{key}")
+
+    walk(schema, defaults, "")
+    assert walked > 100
+
+
 # --- Kubernetes schemas ----------------------------------------------------------------
 
 
@@ -264,6 +284,7 @@ def test_pod_runs_hardened(helm: str, value_set: str) -> None:
     assert pod["securityContext"]["runAsGroup"] == 10001
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     assert pod["automountServiceAccountToken"] is False
+    assert pod["enableServiceLinks"] is False  # no <SERVICE>_PORT vars among IMCONNECTOR_*
     sc = container({"spec": {"template": {"spec": pod}}})["securityContext"]
     assert sc["runAsNonRoot"] is True
     assert sc["runAsUser"] == 10001
