@@ -32,6 +32,8 @@ RUN --mount=type=cache,target=/root/.cache/pip \
 
 # ---- runtime: the venv, a numeric non-root user, nothing else ------------------------------
 FROM ${PYTHON_IMAGE} AS runtime
+# Re-declared: an ARG from before the first FROM is not visible inside a stage.
+ARG PYTHON_IMAGE
 ARG VERSION=0.1.0
 ARG REVISION=unknown
 ARG CREATED=unknown
