@@ -93,6 +93,26 @@ def _cmd_tokens_seed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_dlq_redrive(args: argparse.Namespace) -> int:
+    from consumer.redrive import RedriveFilter, parse_time, redrive
+    from consumer.settings import load_settings
+
+    settings = load_settings(args.config)
+    source = args.source_topic or (settings.source_topics[0]
+                                   if len(settings.source_topics) == 1 else None)
+    if source is None:
+        raise ConfigError("several source topics are configured: pick one with --source-topic")
+    try:
+        filters = RedriveFilter(
+            error_classes=frozenset(args.error_class or ()), codes=frozenset(args.code or ()),
+            since_ms=parse_time(args.since), until_ms=parse_time(args.until), chat=args.chat)
+    except ValueError as exc:
+        raise ConfigError(f"--since/--until: {exc}") from None
+    redrive(settings, source, filters=filters, dry_run=args.dry_run, rate=args.rate,
+            max_redrives=args.max_redrives, group=args.group)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (also used by the README's help text)."""
     parser = argparse.ArgumentParser(
@@ -137,6 +157,29 @@ def build_parser() -> argparse.ArgumentParser:
     seed.add_argument("--refresh-token", help="prefer IMCONNECTOR_SEED_REFRESH_TOKEN")
     seed.add_argument("--client-endpoint")
     seed.set_defaults(func=_cmd_tokens_seed)
+
+    dlq = sub.add_parser("dlq", help="dead-letter topics")
+    dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True)
+    red = dlq_sub.add_parser("redrive", help="replay dead letters to their source topic")
+    red.add_argument("--config")
+    red.add_argument("--source-topic", help="default: the only configured source topic")
+    red.add_argument("--error-class", action="append",
+                     help="poison, permanent, causal_wait, auth, exhausted, parked, ambiguous "
+                          "(repeatable)")
+    red.add_argument("--code", action="append", help="Bitrix24/decoder code (repeatable)")
+    red.add_argument("--since", help="last failure at or after (ISO 8601 or epoch ms)")
+    red.add_argument("--until", help="last failure at or before (ISO 8601 or epoch ms)")
+    red.add_argument("--chat", help="chat key portal|connector|line|chat_id")
+    red.add_argument("--dry-run", action="store_true", help="list, replay nothing")
+    red.add_argument("--rate", type=float, default=0.0, help="max records/s (0 = unlimited)")
+    red.add_argument("--max-redrives", type=int, default=3,
+                     help="loop guard: skip records already replayed this many times")
+    red.add_argument("--group", help="redrive consumer group (default <group_id>.redrive)")
+    red.set_defaults(func=_cmd_dlq_redrive)
+
+    from consumer.admin import register_commands
+
+    register_commands(sub)  # connector register|activate|..., schemas list|check
     return parser
 
 

@@ -153,7 +153,7 @@ class SchemaRegistryClient:
             )
         try:
             parsed = parse_plain(json.loads(response.json()["schema"]))
-        except (ValueError, KeyError, fastavro.schema.SchemaParseException) as exc:
+        except (ValueError, KeyError, TypeError, fastavro.schema.SchemaParseException) as exc:
             raise UnknownSchema(f"schema id {schema_id} is not a valid Avro schema: {exc}",
                                 code="INVALID_WRITER_SCHEMA") from exc
         with self._lock:

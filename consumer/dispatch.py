@@ -206,7 +206,8 @@ class Dispatcher:
             else:
                 self._limiters[portal] = PortalRateLimiter(cfg.rate_drain, cfg.rate_burst,
                                                            cfg.rate_share)
-            self._budgets[portal] = OperatingBudget(limit=self._operating_limit)
+            self._budgets[portal] = OperatingBudget(
+                limit=cfg.operating_limit if cfg is not None else self._operating_limit)
             self._breakers[portal] = CircuitBreaker()
         return self._limiters[portal], self._budgets[portal], self._breakers[portal]
 

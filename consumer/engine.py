@@ -463,6 +463,9 @@ class Engine:
             before = _pending_of(state)
             call = result.call
             call.attempts = max(call.attempts, result.attempts)
+            if result.ambiguous:  # resent after a timeout/reset: the portal may hold two
+                self._produce_outcome(chat, outcome_record(chat, call, "ambiguous_resent",
+                                                           code="AMBIGUOUS_RETRY"))
             if result.ok:
                 outcomes = on_success(state, call, result.result, now_ms)
             else:

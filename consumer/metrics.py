@@ -13,7 +13,15 @@ from collections.abc import Iterator
 from threading import Lock
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    GCCollector,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -108,6 +116,20 @@ class Metrics:
         self.ready = Gauge(f"{p}_ready", "1 when assigned partitions are restored.", registry=r)
         self.kafka = LibrdkafkaStats()
         r.register(self.kafka)
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
+        # Known label values start at 0 so increase() sees the first failure too.
+        for outcome in ("applied", "duplicate", "superseded", "moot", "skipped",
+                        "dead_lettered"):
+            self.outcomes.labels(outcome=outcome)
+        for error_class in ("poison", "permanent", "causal_wait", "auth", "exhausted",
+                            "parked", "ambiguous"):
+            self.dead_letters.labels(error_class=error_class)
+        for result in ("ok", "adopted", "failed"):
+            self.token_refreshes.labels(result=result)
+        for result in ("committed", "aborted"):
+            self.transactions.labels(result=result)
 
 
 class LibrdkafkaStats(Collector):

@@ -90,6 +90,8 @@ class PortalSettings(BaseModel):
     rate_drain: float = Field(default=2.0, gt=0, description="leaky bucket drain, req/s")
     rate_burst: int = Field(default=50, ge=1)
     rate_share: float = Field(default=1.0, gt=0, le=1, description="share for this replica")
+    operating_limit: float = Field(default=480.0, gt=0,
+                                   description="per-method seconds per 10 min (time.operating)")
 
     @field_validator("rest_url")
     @classmethod
