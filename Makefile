@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV := .venv/bin
 DURATION ?= 60
 
-.PHONY: help bootstrap demo test unit lint typecheck bench kafka-up kafka-down
+.PHONY: help bootstrap demo test unit lint typecheck bench chaos kafka-up kafka-down
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -27,6 +27,10 @@ lint: bootstrap ## ruff lint + format check
 
 typecheck: bootstrap ## mypy --strict on consumer/ and schemas/
 	@$(VENV)/mypy
+
+chaos: bootstrap ## the full chaos run: 50,000 events, 2,000 chats, 10 kills, a broker restart
+	@ops/kafka/local-kafka.sh start
+	@CHAOS_EVENTS=50000 CHAOS_CHATS=2000 CHAOS_KILLS=10 $(VENV)/python -m pytest tests/integration/test_chaos.py -s -q
 
 bench: bootstrap ## service vs naive consumer on the same workload (prints a table)
 	@ops/kafka/local-kafka.sh start

@@ -39,6 +39,8 @@ def consumer_config(settings: Settings, **extra: Any) -> dict[str, Any]:
         "client.id": f"imconnector-{settings.instance_id}",
         "statistics.interval.ms": settings.kafka.statistics_interval_ms,
     }
+    if settings.kafka.static_membership:
+        base["group.instance.id"] = f"{settings.group_id}-{settings.instance_id}"
     if settings.kafka.group_protocol == "consumer":
         base["group.protocol"] = "consumer"  # KIP-848: assignment is server-side
     else:

@@ -48,6 +48,9 @@ class KafkaSettings(BaseModel):
     sasl_password: SecretStr | None = None
     ssl_ca_location: str | None = None
     group_protocol: Literal["classic", "consumer"] = "classic"
+    static_membership: bool = Field(
+        default=True, description="group.instance.id = instance_id: a restarted replica "
+        "takes its partitions back without a rebalance")
     statistics_interval_ms: int = Field(default=15000, ge=0)
     config: dict[str, str] = Field(default_factory=dict)
 

@@ -81,7 +81,7 @@ format_storage() {
 }
 
 wait_ready() {
-  local deadline=$((SECONDS + ${LOCAL_KAFKA_START_TIMEOUT:-120}))
+  local deadline=$((SECONDS + ${LOCAL_KAFKA_START_TIMEOUT:-300}))
   while [ $SECONDS -lt $deadline ]; do
     if [ -f "$pidfile" ] && ! kill -0 "$(cat "$pidfile")" 2>/dev/null; then
       tail -n 30 "$logfile" >&2 || true
@@ -95,9 +95,22 @@ wait_ready() {
   die "the broker did not answer on 127.0.0.1:$port within the start timeout; see $logfile"
 }
 
+running_pid() {
+  # A broker of ours may be up but not yet listening (recovering its logs).
+  pgrep -f -- "kafka.Kafka $conf" | head -n 1
+}
+
 start() {
   if port_open "$port"; then
     echo "local-kafka: a broker already answers on 127.0.0.1:$port; reusing it" >&2
+    return 0
+  fi
+  local existing
+  existing="$(running_pid || true)"
+  if [ -n "$existing" ]; then
+    echo "$existing" >"$pidfile"
+    echo "local-kafka: broker pid $existing is starting; waiting for it" >&2
+    wait_ready
     return 0
   fi
   fetch
@@ -113,12 +126,17 @@ start() {
 }
 
 stop() {
-  [ -f "$pidfile" ] || { echo "local-kafka: no broker started by this script on port $port" >&2; return 0; }
-  local pid; pid="$(cat "$pidfile")"
+  local pid
+  pid="$(running_pid || true)"
+  [ -n "$pid" ] || pid="$(cat "$pidfile" 2>/dev/null || true)"
+  [ -n "$pid" ] || { echo "local-kafka: no broker started by this script on port $port" >&2; return 0; }
   if kill -0 "$pid" 2>/dev/null; then
     kill -TERM "$pid"
-    for _ in $(seq 1 120); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
-    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
+    for _ in $(seq 1 240); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
+    if kill -0 "$pid" 2>/dev/null; then
+      kill -KILL "$pid"
+      for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
+    fi
   fi
   rm -f "$pidfile"
   echo "local-kafka: broker on port $port stopped" >&2

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -16,7 +17,7 @@ from consumer.codec import ChatEventEncoder
 from consumer.engine import Engine
 from consumer.events import ChatEvent
 from consumer.fold import FoldConfig, new_call, on_event, on_success
-from consumer.mapping import RENAME
+from consumer.mapping import RENAME, element_for
 from consumer.metrics import Metrics
 from consumer.ordering import Lane
 from consumer.service import build_engine
@@ -26,6 +27,7 @@ from consumer.simulator import SimulatorServer
 CONNECTOR = "test_connector"
 LINE = 7
 PORTAL = "portal-a"
+FINAL = {"applied", "dead_lettered", "moot", "superseded", "skipped"}
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 60.0, what: str = "condition",
@@ -195,3 +197,46 @@ def expected_calls(script: list[ChatEvent]) -> list[tuple[str, str]]:
                 state_calls.append((head.method, ident))
                 on_success(state, head, None, now)
     return state_calls
+
+
+def final_outcomes(bootstrap: str, topic: str) -> tuple[dict[str, str], Counter[str]]:
+    """event id -> final outcome (committed records only), and ambiguous resends by id."""
+    final: dict[str, str] = {}
+    ambiguous: Counter[str] = Counter()
+    for msg in read_all(bootstrap, topic):
+        doc = json.loads(msg.value())
+        if doc["outcome"] == "ambiguous_resent":
+            ambiguous[doc["event_id"]] += 1
+        elif doc["outcome"] in FINAL:
+            assert doc["event_id"] not in final, f"two final outcomes for {doc['event_id']}"
+            final[doc["event_id"]] = doc["outcome"]
+    return final, ambiguous
+
+
+def check_calls(sim: SimulatorServer, scripts: list[list[ChatEvent]],
+                 ambiguous: Counter[str]) -> int:
+    """Per chat: the applied calls are the expected ones in order; a call may repeat right
+    after itself only if its event was recorded as ambiguous. Returns the repeats."""
+    ident_to_event: dict[tuple[str, str, str], list[str]] = {}
+    for script in scripts:
+        for event in script:
+            method, element = element_for(event, None)
+            ident = str(element["NAME"]) if method == RENAME else identity(element)
+            ident_to_event.setdefault((event.chat_id, method, ident), []).append(event.event_id)
+    seen = applied_call_list(sim)
+    repeats = 0
+    for script in scripts:
+        chat = script[0].chat_id
+        expected = expected_calls(script)
+        matched = 0
+        for call in seen.get(chat, []):
+            if matched < len(expected) and call == expected[matched]:
+                matched += 1
+                continue
+            # Anything else must be a repeat of the call just made, recorded as ambiguous.
+            assert matched and call == expected[matched - 1], f"{chat}: unexpected {call}"
+            events = ident_to_event[(chat, call[0], call[1])]
+            assert any(ambiguous[e] for e in events), f"{chat}: {call} twice, not ambiguous"
+            repeats += 1
+        assert matched == len(expected), f"{chat}: {expected[matched:]} never applied"
+    return repeats

@@ -14,14 +14,13 @@ import random
 import signal
 import subprocess
 import sys
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import replace
 
 import pytest
 
 from consumer.codec import ChatEventEncoder
 from consumer.events import ChatEvent, ChatRenamed, ExternalUser, MessageSent
-from consumer.mapping import RENAME, element_for
 from consumer.simulator import SimulatorConfig, SimulatorServer
 from consumer.workload import chat_script, interleave
 from tests.integration.harness import (
@@ -29,18 +28,15 @@ from tests.integration.harness import (
     LINE,
     PORTAL,
     EngineThread,
-    applied_call_list,
-    expected_calls,
-    identity,
+    check_calls,
+    final_outcomes,
     make_settings,
     portal_settings,
     produce,
-    read_all,
     wait_until,
 )
 
 pytestmark = pytest.mark.kafka
-FINAL = {"applied", "dead_lettered", "moot", "superseded", "skipped"}
 
 
 @pytest.fixture
@@ -57,49 +53,6 @@ def _workload(seed: int, chats: int, lo: int, hi: int) -> tuple[list[list[ChatEv
     scripts = [chat_script(rng, PORTAL, CONNECTOR, LINE, f"chat-{i}", rng.randint(lo, hi),
                            start_ms=1_764_000_000_000) for i in range(chats)]
     return scripts, interleave(scripts, rng, duplicate_rate=0.1, reorder_rate=0.1)
-
-
-def _final_outcomes(bootstrap: str, topic: str) -> tuple[dict[str, str], Counter[str]]:
-    """event id -> final outcome (committed records only), and ambiguous resends by id."""
-    final: dict[str, str] = {}
-    ambiguous: Counter[str] = Counter()
-    for msg in read_all(bootstrap, topic):
-        doc = json.loads(msg.value())
-        if doc["outcome"] == "ambiguous_resent":
-            ambiguous[doc["event_id"]] += 1
-        elif doc["outcome"] in FINAL:
-            assert doc["event_id"] not in final, f"two final outcomes for {doc['event_id']}"
-            final[doc["event_id"]] = doc["outcome"]
-    return final, ambiguous
-
-
-def _check_calls(sim: SimulatorServer, scripts: list[list[ChatEvent]],
-                 ambiguous: Counter[str]) -> int:
-    """Per chat: the applied calls are the expected ones in order; a call may repeat right
-    after itself only if its event was recorded as ambiguous. Returns the repeats."""
-    ident_to_event: dict[tuple[str, str, str], list[str]] = {}
-    for script in scripts:
-        for event in script:
-            method, element = element_for(event, None)
-            ident = str(element["NAME"]) if method == RENAME else identity(element)
-            ident_to_event.setdefault((event.chat_id, method, ident), []).append(event.event_id)
-    seen = applied_call_list(sim)
-    repeats = 0
-    for script in scripts:
-        chat = script[0].chat_id
-        expected = expected_calls(script)
-        matched = 0
-        for call in seen.get(chat, []):
-            if matched < len(expected) and call == expected[matched]:
-                matched += 1
-                continue
-            # Anything else must be a repeat of the call just made, recorded as ambiguous.
-            assert matched and call == expected[matched - 1], f"{chat}: unexpected {call}"
-            events = ident_to_event[(chat, call[0], call[1])]
-            assert any(ambiguous[e] for e in events), f"{chat}: {call} twice, not ambiguous"
-            repeats += 1
-        assert matched == len(expected), f"{chat}: {expected[matched:]} never applied"
-    return repeats
 
 
 def test_sigkill_mid_stream_then_restart_applies_nothing_twice(kafka_bootstrap, topic_factory,
@@ -134,7 +87,7 @@ def test_sigkill_mid_stream_then_restart_applies_nothing_twice(kafka_bootstrap, 
         second = start()
         try:
             distinct = {e.event_id for e in events}
-            wait_until(lambda: len(_final_outcomes(kafka_bootstrap, settings.outcomes_topic)[0])
+            wait_until(lambda: len(final_outcomes(kafka_bootstrap, settings.outcomes_topic)[0])
                        >= len(distinct), 180, "a final outcome for every event", interval=1.0)
             second.send_signal(signal.SIGTERM)
             assert second.wait(60) == 0
@@ -145,9 +98,9 @@ def test_sigkill_mid_stream_then_restart_applies_nothing_twice(kafka_bootstrap, 
         if first.poll() is None:
             first.kill()
         log.close()
-    final, ambiguous = _final_outcomes(kafka_bootstrap, settings.outcomes_topic)
+    final, ambiguous = final_outcomes(kafka_bootstrap, settings.outcomes_topic)
     assert set(final) == {e.event_id for e in events}
-    repeats = _check_calls(sim, scripts, ambiguous)
+    repeats = check_calls(sim, scripts, ambiguous)
     assert repeats <= sum(ambiguous.values())
     print(f"kill test: {len(events)} records, {len(final)} events, "
           f"{sum(ambiguous.values())} ambiguous resends, {repeats} repeated calls")
@@ -170,8 +123,8 @@ def test_rebalance_two_consumers_and_a_third_joining_keeps_order(kafka_bootstrap
             wait_until(lambda: sum(e.outcomes_total() for e in engines) >= len(events), 180,
                        "every record to reach an outcome")
             assert all(e.engine.parts for e in engines), "each consumer got partitions"
-    _, ambiguous = _final_outcomes(kafka_bootstrap, f"{topic}.outcomes")
-    assert _check_calls(sim, scripts, ambiguous) == 0
+    _, ambiguous = final_outcomes(kafka_bootstrap, f"{topic}.outcomes")
+    assert check_calls(sim, scripts, ambiguous) == 0
     assert sum(ambiguous.values()) == 0
 
 
