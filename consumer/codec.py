@@ -22,6 +22,7 @@ from typing import Any, Literal, cast
 
 import fastavro
 import httpx
+from fastavro import _read_py  # pure-Python reader: bounded recursion for recursive writers
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 import schemas
@@ -52,7 +53,8 @@ CONFLUENT_MAGIC = 0
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
 NAMESPACE = "io.imconnector.events"
 SUBJECT_SUFFIX = "-value"
-_MAX_RECORD_BYTES = 10 * 1024 * 1024
+# Kafka's default message.max.bytes is ~1 MiB; a bigger datum is not a chat event.
+_MAX_RECORD_BYTES = 1024 * 1024
 
 __all__ = [
     "ChatEventDecoder",
@@ -78,6 +80,75 @@ def _plain(schema: Any) -> Any:
 def parse_plain(schema: Mapping[str, Any]) -> Any:
     """Parse `schema` for decoding, with logical types stripped."""
     return fastavro.parse_schema(_plain(schema))
+
+
+def writer_risks(schema: Any) -> tuple[str | None, bool]:
+    """`(problem, recursive)` for a writer schema from a registry.
+
+    `problem`: why it cannot be read safely at all — not a record, or an array/map of
+    zero-width items (a 100-byte record could declare 2^60 items that take forever to
+    skip). `recursive`: it has a recursive type, which fastavro's compiled reader follows
+    without bound (a deeply nested record crashes the process), so such writers are read
+    with the pure-Python reader, whose recursion limit turns depth into poison.
+    """
+    if not isinstance(schema, dict) or schema.get("type") != "record":
+        return "the writer schema is not a record", False
+    named: dict[str, Any] = {}
+    recursive = False
+
+    def qualify(name: str, namespace: str) -> str:
+        return name if "." in name or not namespace else f"{namespace}.{name}"
+
+    def zero_width(node: Any, namespace: str, seen: frozenset[str]) -> bool:
+        if isinstance(node, str):
+            if node == "null":
+                return True
+            ref = qualify(node, namespace)
+            target = named.get(ref, named.get(node))
+            return target is not None and ref not in seen and zero_width(
+                target, namespace, seen | {ref})
+        if isinstance(node, dict):
+            kind = node.get("type")
+            if kind == "record":
+                return all(zero_width(f["type"], namespace, seen) for f in node["fields"])
+            if kind == "fixed":
+                return int(node.get("size", 1)) == 0
+            if isinstance(kind, dict | str) and kind not in ("array", "map", "enum"):
+                return zero_width(kind, namespace, seen)
+        return False  # unions, arrays, maps, enums and primitives take at least a byte
+
+    def walk(node: Any, namespace: str, stack: tuple[str, ...]) -> str | None:
+        nonlocal recursive
+        if isinstance(node, str):
+            if qualify(node, namespace) in stack or node in stack:
+                recursive = True
+            return None
+        if isinstance(node, list):
+            for branch in node:
+                found = walk(branch, namespace, stack)
+                if found:
+                    return found
+            return None
+        if not isinstance(node, dict):
+            return None
+        kind = node.get("type")
+        if kind in ("record", "error", "enum", "fixed"):
+            namespace = str(node.get("namespace", namespace))
+            name = qualify(str(node.get("name", "")), namespace)
+            named[name] = node
+            for f in node.get("fields", []) if kind != "enum" else []:
+                found = walk(f.get("type"), namespace, (*stack, name))
+                if found:
+                    return found
+            return None
+        if kind in ("array", "map"):
+            items = node.get("items") if kind == "array" else node.get("values")
+            if zero_width(items, namespace, frozenset()):
+                return f"an {kind} of zero-width items"
+            return walk(items, namespace, stack)
+        return walk(kind, namespace, stack) if isinstance(kind, dict | list) else None
+
+    return walk(schema, "", ()), recursive
 
 
 def _fingerprint(schema: Mapping[str, Any]) -> bytes:
@@ -314,16 +385,17 @@ class ChatEventDecoder:
     `RegistryUnavailable` when the registry is needed but does not answer.
     """
 
-    def __init__(self, registry: SchemaRegistryClient | None = None) -> None:
+    def __init__(self, registry: Any = None) -> None:
         self._registry = registry
         self._bundle = _get_bundle()
+        self._risks: dict[int, tuple[Any, str | None, bool]] = {}
 
     def decode(self, value: bytes | None) -> ChatEvent:
         """Decode one record value."""
         if not value:
             raise UnknownWireFormat("empty record value (a tombstone?)", code="EMPTY")
         if len(value) > _MAX_RECORD_BYTES:
-            raise SchemaMismatch(f"record of {len(value)} bytes exceeds the 10 MiB limit",
+            raise SchemaMismatch(f"record of {len(value)} bytes exceeds the 1 MiB limit",
                                  code="TOO_LARGE")
         if value[0] == CONFLUENT_MAGIC:
             if len(value) < 5:
@@ -336,7 +408,14 @@ class ChatEventDecoder:
                     "registry is configured (set IMCONNECTOR_SCHEMA_REGISTRY_URL)",
                     code="NO_REGISTRY")
             writer = self._registry.get_schema(schema_id)
-            return self._read(value, 5, writer)
+            checked = self._risks.get(id(writer))
+            if checked is None or checked[0] is not writer:
+                checked = (writer, *writer_risks(writer))
+                self._risks[id(writer)] = checked
+            if checked[1] is not None:
+                raise SchemaMismatch(f"schema id {schema_id} cannot be read safely: "
+                                     f"{checked[1]}", code="UNSUPPORTED_WRITER_SCHEMA")
+            return self._read(value, 5, writer, pure_python=checked[2])
         if value[:2] == SINGLE_OBJECT_MAGIC:
             if len(value) < 10:
                 raise UnknownWireFormat("single-object header truncated", code="TRUNCATED")
@@ -351,19 +430,39 @@ class ChatEventDecoder:
             f"first byte 0x{value[0]:02x} is neither Confluent framing (0x00) nor "
             "single-object encoding (0xC3 0x01)", code="UNKNOWN_MAGIC")
 
-    def _read(self, value: bytes, offset: int, writer: Any) -> ChatEvent:
-        reader = None if writer is self._bundle.reader else self._bundle.reader
+    def _read(self, value: bytes, offset: int, writer: Any,
+              pure_python: bool = False) -> ChatEvent:
+        """Read with the writer schema, prove the bytes are exactly one canonical datum,
+        then resolve against the reader when the writer differs.
+
+        fastavro accepts a negative union index (Python indexing picks the last branch)
+        and does not bound-check fields it skips, so a corrupt record could decode as a
+        *different* event. Re-encoding the writer's view and comparing it with the input
+        turns such records into poison; producers (Java, fastavro, librdkafka serdes)
+        emit canonical encodings, so valid records always pass.
+        """
+        body = memoryview(value)[offset:]
         stream = io.BytesIO(value)
         stream.seek(offset)
+        read = _read_py.schemaless_reader if pure_python else fastavro.schemaless_reader
         try:
-            record = fastavro.schemaless_reader(
-                stream, writer, reader, return_record_name=True,
-                return_record_name_override=True,
-            )
+            record = read(stream, writer, None, return_record_name=True,
+                          return_record_name_override=True)
             if stream.tell() != len(value):
                 raise SchemaMismatch(
                     f"{len(value) - stream.tell()} trailing bytes after the Avro datum",
                     code="TRAILING_BYTES")
+            again = io.BytesIO()
+            fastavro.schemaless_writer(again, writer, record)
+            if again.getbuffer() != body:
+                raise SchemaMismatch(
+                    "the bytes are not the canonical encoding of what they decode to "
+                    "(negative union index, overlong length or corrupt block)",
+                    code="NON_CANONICAL")
+            if writer is not self._bundle.reader:
+                stream.seek(offset)
+                record = read(stream, writer, self._bundle.reader, return_record_name=True,
+                              return_record_name_override=True)
             return event_from_record(cast(Mapping[str, Any], record))
         except PoisonRecord:
             raise

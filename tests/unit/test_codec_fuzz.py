@@ -57,7 +57,8 @@ POISON_CLASSES = (UnknownWireFormat, UnknownSchema, SchemaMismatch)
 CODES = {
     UnknownWireFormat: {"EMPTY", "UNKNOWN_MAGIC", "TRUNCATED"},
     UnknownSchema: {"UNKNOWN_FINGERPRINT", "UNKNOWN_SCHEMA_ID"},
-    SchemaMismatch: {"AVRO_DECODE", "TRAILING_BYTES", "TOO_LARGE", "UNKNOWN_PAYLOAD"},
+    SchemaMismatch: {"AVRO_DECODE", "TRAILING_BYTES", "TOO_LARGE", "UNKNOWN_PAYLOAD",
+                     "NON_CANONICAL"},
 }
 BUNDLED_FINGERPRINTS = {
     bytes.fromhex(fingerprint(to_parsing_canonical_form(raw), "CRC-64-AVRO"))
