@@ -23,7 +23,7 @@ from typing import Any, Literal, cast
 import fastavro
 import httpx
 from fastavro import _read_py  # pure-Python reader: bounded recursion for recursive writers
-from fastavro.schema import fingerprint, to_parsing_canonical_form
+from fastavro.schema import expand_schema, fingerprint, to_parsing_canonical_form
 
 import schemas
 from consumer.errors import (
@@ -164,6 +164,13 @@ class _Bundle:
         self.reader = parse_plain(self.reader_raw)
         self.reader_fingerprint = _fingerprint(self.reader_raw)
         self.by_fingerprint: dict[bytes, Any] = {}
+        # payload branch full name -> (its union index as a zigzag varint, parsed schema)
+        expanded = expand_schema(_plain(self.reader_raw))  # named references inlined
+        payload_union = next(f["type"] for f in expanded["fields"] if f["name"] == "payload")
+        self.payload_branches: dict[str, tuple[bytes, Any]] = {}
+        for index, branch in enumerate(payload_union):
+            self.payload_branches[branch["name"]] = (bytes([index * 2]),
+                                                     fastavro.parse_schema(branch))
         for _, raw in versions:
             parsed = self.reader if raw is self.reader_raw else parse_plain(raw)
             self.by_fingerprint[_fingerprint(raw)] = parsed
@@ -432,36 +439,36 @@ class ChatEventDecoder:
 
     def _read(self, value: bytes, offset: int, writer: Any,
               pure_python: bool = False) -> ChatEvent:
-        """Read with the writer schema, prove the bytes are exactly one canonical datum,
-        then resolve against the reader when the writer differs.
+        """Decode exactly one datum, refusing corrupt bytes fastavro would accept.
 
-        fastavro accepts a negative union index (Python indexing picks the last branch)
-        and does not bound-check fields it skips, so a corrupt record could decode as a
-        *different* event. Re-encoding the writer's view and comparing it with the input
-        turns such records into poison; producers (Java, fastavro, librdkafka serdes)
-        emit canonical encodings, so valid records always pass.
+        fastavro takes a negative union index (Python indexing picks a branch from the
+        end) and does not bound-check fields it skips during resolution. Both could turn
+        a corrupt record into a *different* valid-looking event, so: with the bundled
+        reader as writer, the payload branch is re-encoded and must match the tail of the
+        input including its branch index (negative indexes on the two-branch optional
+        unions pick the same branch, so only the payload union matters); with any other
+        writer, the datum is first read and re-encoded in full with the writer alone.
         """
-        body = memoryview(value)[offset:]
         stream = io.BytesIO(value)
         stream.seek(offset)
         read = _read_py.schemaless_reader if pure_python else fastavro.schemaless_reader
+        bundle = self._bundle
         try:
-            record = read(stream, writer, None, return_record_name=True,
-                          return_record_name_override=True)
-            if stream.tell() != len(value):
-                raise SchemaMismatch(
-                    f"{len(value) - stream.tell()} trailing bytes after the Avro datum",
-                    code="TRAILING_BYTES")
-            again = io.BytesIO()
-            fastavro.schemaless_writer(again, writer, record)
-            if again.getbuffer() != body:
-                raise SchemaMismatch(
-                    "the bytes are not the canonical encoding of what they decode to "
-                    "(negative union index, overlong length or corrupt block)",
-                    code="NON_CANONICAL")
-            if writer is not self._bundle.reader:
+            if writer is bundle.reader:
+                record = read(stream, writer, None, return_record_name=True,
+                              return_record_name_override=True)
+                self._check_end(stream, value)
+                self._check_payload_tail(record, value)
+            else:
+                record = read(stream, writer, None, return_record_name=True,
+                              return_record_name_override=True)
+                self._check_end(stream, value)
+                again = io.BytesIO()
+                fastavro.schemaless_writer(again, writer, record)
+                if again.getbuffer() != memoryview(value)[offset:]:
+                    raise SchemaMismatch(_NON_CANONICAL, code="NON_CANONICAL")
                 stream.seek(offset)
-                record = read(stream, writer, self._bundle.reader, return_record_name=True,
+                record = read(stream, writer, bundle.reader, return_record_name=True,
                               return_record_name_override=True)
             return event_from_record(cast(Mapping[str, Any], record))
         except PoisonRecord:
@@ -469,6 +476,31 @@ class ChatEventDecoder:
         except Exception as exc:
             raise SchemaMismatch(f"Avro decoding failed: {type(exc).__name__}: {exc}"[:300],
                                  code="AVRO_DECODE") from exc
+
+    @staticmethod
+    def _check_end(stream: io.BytesIO, value: bytes) -> None:
+        if stream.tell() != len(value):
+            raise SchemaMismatch(f"{len(value) - stream.tell()} trailing bytes after the "
+                                 "Avro datum", code="TRAILING_BYTES")
+
+    def _check_payload_tail(self, record: Any, value: bytes) -> None:
+        payload = record.get("payload") if isinstance(record, dict) else None
+        if not isinstance(payload, tuple):
+            raise SchemaMismatch("payload union without a branch name", code="UNKNOWN_PAYLOAD")
+        branch = self._bundle.payload_branches.get(payload[0])
+        if branch is None:
+            raise SchemaMismatch(f"unknown payload branch {payload[0]!r}",
+                                 code="UNKNOWN_PAYLOAD")
+        index_byte, schema = branch
+        tail = io.BytesIO()
+        tail.write(index_byte)
+        fastavro.schemaless_writer(tail, schema, payload[1])
+        if not value.endswith(tail.getbuffer()):
+            raise SchemaMismatch(_NON_CANONICAL, code="NON_CANONICAL")
+
+
+_NON_CANONICAL = ("the bytes are not the canonical encoding of what they decode to "
+                  "(negative union index, overlong length or corrupt block)")
 
 
 class ChatEventEncoder:
