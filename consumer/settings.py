@@ -230,11 +230,10 @@ def _describe(error: dict[str, Any]) -> str:
     name = ENV_PREFIX + "__".join(loc).upper() if loc else ENV_PREFIX
     message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
     if error.get("type") == "missing":
-        hint = {
-            "KAFKA": "set IMCONNECTOR_KAFKA__BOOTSTRAP_SERVERS=host:port",
-            "KAFKA__BOOTSTRAP_SERVERS": "set it to host:port[,host:port]",
-        }.get("__".join(loc).upper(), "set it in the environment or the YAML config file")
-        return f"{name} is required: {hint}"
+        if [part.lower() for part in loc] in (["kafka"], ["kafka", "bootstrap_servers"]):
+            return (f"{ENV_PREFIX}KAFKA__BOOTSTRAP_SERVERS is required: set it to "
+                    "host:port[,host:port]")
+        return f"{name} is required: set it in the environment or the YAML config file"
     if error.get("type") == "extra_forbidden":
         return f"{name} is not a known setting (check the spelling; see README 'Configuration')"
     return f"{name}: {message}"
