@@ -80,15 +80,24 @@ def _cmd_tokens_seed(args: argparse.Namespace) -> int:
     access = os.environ.get("IMCONNECTOR_SEED_ACCESS_TOKEN") or args.access_token
     refresh = os.environ.get("IMCONNECTOR_SEED_REFRESH_TOKEN") or args.refresh_token
     if not access or not refresh:
-        raise ConfigError("give the pair in IMCONNECTOR_SEED_ACCESS_TOKEN and "
-                          "IMCONNECTOR_SEED_REFRESH_TOKEN (or --access-token/--refresh-token)")
+        raise ConfigError(
+            "give the pair in IMCONNECTOR_SEED_ACCESS_TOKEN and "
+            "IMCONNECTOR_SEED_REFRESH_TOKEN (or --access-token/--refresh-token)"
+        )
     portal = settings.portals.get(args.portal)
     if portal is None:
         raise ConfigError(f"portal {args.portal!r} is not in IMCONNECTOR_PORTALS")
     Topics(settings).ensure(create_sources=False)
-    KafkaTokenStore(settings).save(args.portal, TokenSet(
-        access_token=access, refresh_token=refresh, expires_at=time.time() + 3600,
-        client_endpoint=args.client_endpoint or portal.rest_url, issued_at=time.time()))
+    KafkaTokenStore(settings).save(
+        args.portal,
+        TokenSet(
+            access_token=access,
+            refresh_token=refresh,
+            expires_at=time.time() + 3600,
+            client_endpoint=args.client_endpoint or portal.rest_url,
+            issued_at=time.time(),
+        ),
+    )
     print(f"seeded tokens for portal {args.portal} in topic {settings.tokens_topic}")
     return 0
 
@@ -98,18 +107,30 @@ def _cmd_dlq_redrive(args: argparse.Namespace) -> int:
     from consumer.settings import load_settings
 
     settings = load_settings(args.config)
-    source = args.source_topic or (settings.source_topics[0]
-                                   if len(settings.source_topics) == 1 else None)
+    source = args.source_topic or (
+        settings.source_topics[0] if len(settings.source_topics) == 1 else None
+    )
     if source is None:
         raise ConfigError("several source topics are configured: pick one with --source-topic")
     try:
         filters = RedriveFilter(
-            error_classes=frozenset(args.error_class or ()), codes=frozenset(args.code or ()),
-            since_ms=parse_time(args.since), until_ms=parse_time(args.until), chat=args.chat)
+            error_classes=frozenset(args.error_class or ()),
+            codes=frozenset(args.code or ()),
+            since_ms=parse_time(args.since),
+            until_ms=parse_time(args.until),
+            chat=args.chat,
+        )
     except ValueError as exc:
         raise ConfigError(f"--since/--until: {exc}") from None
-    redrive(settings, source, filters=filters, dry_run=args.dry_run, rate=args.rate,
-            max_redrives=args.max_redrives, group=args.group)
+    redrive(
+        settings,
+        source,
+        filters=filters,
+        dry_run=args.dry_run,
+        rate=args.rate,
+        max_redrives=args.max_redrives,
+        group=args.group,
+    )
     return 0
 
 
@@ -117,7 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser (also used by the README's help text)."""
     parser = argparse.ArgumentParser(
         prog="imconnector-consumer",
-        description="Mirror Avro chat events from Kafka into Bitrix24 Open Channels.")
+        description="Mirror Avro chat events from Kafka into Bitrix24 Open Channels.",
+    )
     parser.add_argument("--version", action="version", version=__version__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -142,8 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     produce = sub.add_parser("produce", help="encode JSON-lines events and publish them")
     produce.add_argument("--bootstrap-servers", default="127.0.0.1:9092")
     produce.add_argument("--topic", required=True)
-    produce.add_argument("--wire", choices=("single-object", "confluent"),
-                         default="single-object")
+    produce.add_argument("--wire", choices=("single-object", "confluent"), default="single-object")
     produce.add_argument("--registry", help="schema registry URL (for --wire confluent)")
     produce.add_argument("--file", default="-", help="JSON lines, '-' for stdin")
     produce.set_defaults(func=_cmd_produce)
@@ -163,17 +184,23 @@ def build_parser() -> argparse.ArgumentParser:
     red = dlq_sub.add_parser("redrive", help="replay dead letters to their source topic")
     red.add_argument("--config")
     red.add_argument("--source-topic", help="default: the only configured source topic")
-    red.add_argument("--error-class", action="append",
-                     help="poison, permanent, causal_wait, auth, exhausted, parked, ambiguous "
-                          "(repeatable)")
+    red.add_argument(
+        "--error-class",
+        action="append",
+        help="poison, permanent, causal_wait, auth, exhausted, parked, ambiguous (repeatable)",
+    )
     red.add_argument("--code", action="append", help="Bitrix24/decoder code (repeatable)")
     red.add_argument("--since", help="last failure at or after (ISO 8601 or epoch ms)")
     red.add_argument("--until", help="last failure at or before (ISO 8601 or epoch ms)")
     red.add_argument("--chat", help="chat key portal|connector|line|chat_id")
     red.add_argument("--dry-run", action="store_true", help="list, replay nothing")
     red.add_argument("--rate", type=float, default=0.0, help="max records/s (0 = unlimited)")
-    red.add_argument("--max-redrives", type=int, default=3,
-                     help="loop guard: skip records already replayed this many times")
+    red.add_argument(
+        "--max-redrives",
+        type=int,
+        default=3,
+        help="loop guard: skip records already replayed this many times",
+    )
     red.add_argument("--group", help="redrive consumer group (default <group_id>.redrive)")
     red.set_defaults(func=_cmd_dlq_redrive)
 

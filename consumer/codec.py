@@ -105,8 +105,11 @@ def writer_risks(schema: Any) -> tuple[str | None, bool]:
                 return True
             ref = qualify(node, namespace)
             target = named.get(ref, named.get(node))
-            return target is not None and ref not in seen and zero_width(
-                target, namespace, seen | {ref})
+            return (
+                target is not None
+                and ref not in seen
+                and zero_width(target, namespace, seen | {ref})
+            )
         if isinstance(node, dict):
             kind = node.get("type")
             if kind == "record":
@@ -169,8 +172,10 @@ class _Bundle:
         payload_union = next(f["type"] for f in expanded["fields"] if f["name"] == "payload")
         self.payload_branches: dict[str, tuple[bytes, Any]] = {}
         for index, branch in enumerate(payload_union):
-            self.payload_branches[branch["name"]] = (bytes([index * 2]),
-                                                     fastavro.parse_schema(branch))
+            self.payload_branches[branch["name"]] = (
+                bytes([index * 2]),
+                fastavro.parse_schema(branch),
+            )
         for _, raw in versions:
             parsed = self.reader if raw is self.reader_raw else parse_plain(raw)
             self.by_fingerprint[_fingerprint(raw)] = parsed
@@ -222,8 +227,9 @@ class SchemaRegistryClient:
                 "records wait until it answers"
             ) from exc
         if response.status_code == 404:
-            raise UnknownSchema(f"schema id {schema_id} is unknown to the registry",
-                                code="UNKNOWN_SCHEMA_ID")
+            raise UnknownSchema(
+                f"schema id {schema_id} is unknown to the registry", code="UNKNOWN_SCHEMA_ID"
+            )
         if response.status_code != 200:
             raise RegistryUnavailable(
                 f"schema registry {self.url} answered HTTP {response.status_code} for id "
@@ -232,8 +238,10 @@ class SchemaRegistryClient:
         try:
             parsed = parse_plain(json.loads(response.json()["schema"]))
         except (ValueError, KeyError, TypeError, fastavro.schema.SchemaParseException) as exc:
-            raise UnknownSchema(f"schema id {schema_id} is not a valid Avro schema: {exc}",
-                                code="INVALID_WRITER_SCHEMA") from exc
+            raise UnknownSchema(
+                f"schema id {schema_id} is not a valid Avro schema: {exc}",
+                code="INVALID_WRITER_SCHEMA",
+            ) from exc
         with self._lock:
             self._by_id[schema_id] = parsed
         return parsed
@@ -286,13 +294,18 @@ def _payload_from(name: str, body: Mapping[str, Any]) -> Payload:
     short = name.rsplit(".", 1)[-1]
     if short == "MessageSent":
         return MessageSent(
-            message_id=body["message_id"], text=body.get("text"), files=_files(body.get("files")),
-            chat_name=body.get("chat_name"), chat_url=body.get("chat_url"),
-            disable_crm=bool(body.get("disable_crm", False)), operator_id=body.get("operator_id"),
+            message_id=body["message_id"],
+            text=body.get("text"),
+            files=_files(body.get("files")),
+            chat_name=body.get("chat_name"),
+            chat_url=body.get("chat_url"),
+            disable_crm=bool(body.get("disable_crm", False)),
+            operator_id=body.get("operator_id"),
         )
     if short == "MessageEdited":
-        return MessageEdited(message_id=body["message_id"], text=body.get("text"),
-                             files=_files(body.get("files")))
+        return MessageEdited(
+            message_id=body["message_id"], text=body.get("text"), files=_files(body.get("files"))
+        )
     if short == "MessageDeleted":
         return MessageDeleted(message_id=body["message_id"])
     if short == "ChatRenamed":
@@ -300,14 +313,17 @@ def _payload_from(name: str, body: Mapping[str, Any]) -> Payload:
     if short == "DeliveryConfirmed":
         delivered = body.get("delivered_at")
         return DeliveryConfirmed(
-            im_chat_id=int(body["im_chat_id"]), im_message_id=int(body["im_message_id"]),
+            im_chat_id=int(body["im_chat_id"]),
+            im_message_id=int(body["im_message_id"]),
             message_ids=tuple(body["message_ids"]),
             delivered_at=None if delivered is None else _millis(delivered),
         )
     if short == "ReadConfirmed":
-        return ReadConfirmed(im_chat_id=int(body["im_chat_id"]),
-                             im_message_id=int(body["im_message_id"]),
-                             message_ids=tuple(body["message_ids"]))
+        return ReadConfirmed(
+            im_chat_id=int(body["im_chat_id"]),
+            im_message_id=int(body["im_message_id"]),
+            message_ids=tuple(body["message_ids"]),
+        )
     raise SchemaMismatch(f"unknown payload branch {name!r}", code="UNKNOWN_PAYLOAD")
 
 
@@ -319,11 +335,15 @@ def event_from_record(record: Mapping[str, Any]) -> ChatEvent:
     user_raw = record.get("user")
     user = ExternalUser(**user_raw) if user_raw else None
     return ChatEvent(
-        event_id=str(record["event_id"]), portal=record["portal"], connector=record["connector"],
-        line=int(record["line"]), chat_id=record["chat_id"],
+        event_id=str(record["event_id"]),
+        portal=record["portal"],
+        connector=record["connector"],
+        line=int(record["line"]),
+        chat_id=record["chat_id"],
         occurred_at=_millis(record["occurred_at"]),
         payload=_payload_from(payload_raw[0], payload_raw[1]),
-        sequence=record.get("sequence"), user=user,
+        sequence=record.get("sequence"),
+        user=user,
     )
 
 
@@ -338,10 +358,14 @@ def event_from_json(doc: Mapping[str, Any]) -> ChatEvent:
         raise ValueError(f"'type' must be one of {', '.join(PAYLOAD_KINDS)}, got {kind!r}")
     record = {
         "event_id": doc.get("event_id") or str(uuid.uuid4()),
-        "portal": doc["portal"], "connector": doc["connector"], "line": int(doc["line"]),
-        "chat_id": str(doc["chat_id"]), "sequence": doc.get("sequence"),
+        "portal": doc["portal"],
+        "connector": doc["connector"],
+        "line": int(doc["line"]),
+        "chat_id": str(doc["chat_id"]),
+        "sequence": doc.get("sequence"),
         "occurred_at": int(doc.get("occurred_at") or time.time() * 1000),
-        "user": doc.get("user"), "payload": (str(kind), dict(doc.get("payload") or {})),
+        "user": doc.get("user"),
+        "payload": (str(kind), dict(doc.get("payload") or {})),
     }
     return event_from_record(record)
 
@@ -349,23 +373,38 @@ def event_from_json(doc: Mapping[str, Any]) -> ChatEvent:
 def _payload_record(payload: Payload) -> tuple[str, dict[str, Any]]:
     body: dict[str, Any]
     if isinstance(payload, MessageSent):
-        body = {"message_id": payload.message_id, "text": payload.text,
-                "files": [{"url": f.url, "name": f.name} for f in payload.files],
-                "chat_name": payload.chat_name, "chat_url": payload.chat_url,
-                "disable_crm": payload.disable_crm, "operator_id": payload.operator_id}
+        body = {
+            "message_id": payload.message_id,
+            "text": payload.text,
+            "files": [{"url": f.url, "name": f.name} for f in payload.files],
+            "chat_name": payload.chat_name,
+            "chat_url": payload.chat_url,
+            "disable_crm": payload.disable_crm,
+            "operator_id": payload.operator_id,
+        }
     elif isinstance(payload, MessageEdited):
-        body = {"message_id": payload.message_id, "text": payload.text,
-                "files": [{"url": f.url, "name": f.name} for f in payload.files]}
+        body = {
+            "message_id": payload.message_id,
+            "text": payload.text,
+            "files": [{"url": f.url, "name": f.name} for f in payload.files],
+        }
     elif isinstance(payload, MessageDeleted):
         body = {"message_id": payload.message_id}
     elif isinstance(payload, ChatRenamed):
         body = {"name": payload.name}
     elif isinstance(payload, DeliveryConfirmed):
-        body = {"im_chat_id": payload.im_chat_id, "im_message_id": payload.im_message_id,
-                "message_ids": list(payload.message_ids), "delivered_at": payload.delivered_at}
+        body = {
+            "im_chat_id": payload.im_chat_id,
+            "im_message_id": payload.im_message_id,
+            "message_ids": list(payload.message_ids),
+            "delivered_at": payload.delivered_at,
+        }
     else:
-        body = {"im_chat_id": payload.im_chat_id, "im_message_id": payload.im_message_id,
-                "message_ids": list(payload.message_ids)}
+        body = {
+            "im_chat_id": payload.im_chat_id,
+            "im_message_id": payload.im_message_id,
+            "message_ids": list(payload.message_ids),
+        }
     return f"{NAMESPACE}.{payload.kind}", body
 
 
@@ -373,13 +412,24 @@ def event_to_record(event: ChatEvent) -> dict[str, Any]:
     """The fastavro-writable dict of `event` (payload in tuple notation)."""
     user = event.user
     return {
-        "event_id": event.event_id, "portal": event.portal, "connector": event.connector,
-        "line": event.line, "chat_id": event.chat_id, "sequence": event.sequence,
+        "event_id": event.event_id,
+        "portal": event.portal,
+        "connector": event.connector,
+        "line": event.line,
+        "chat_id": event.chat_id,
+        "sequence": event.sequence,
         "occurred_at": event.occurred_at,
-        "user": None if user is None else {
-            "id": user.id, "name": user.name, "last_name": user.last_name,
-            "picture_url": user.picture_url, "url": user.url, "gender": user.gender,
-            "email": user.email, "phone": user.phone,
+        "user": None
+        if user is None
+        else {
+            "id": user.id,
+            "name": user.name,
+            "last_name": user.last_name,
+            "picture_url": user.picture_url,
+            "url": user.url,
+            "gender": user.gender,
+            "email": user.email,
+            "phone": user.phone,
         },
         "payload": _payload_record(event.payload),
     }
@@ -402,26 +452,31 @@ class ChatEventDecoder:
         if not value:
             raise UnknownWireFormat("empty record value (a tombstone?)", code="EMPTY")
         if len(value) > _MAX_RECORD_BYTES:
-            raise SchemaMismatch(f"record of {len(value)} bytes exceeds the 1 MiB limit",
-                                 code="TOO_LARGE")
+            raise SchemaMismatch(
+                f"record of {len(value)} bytes exceeds the 1 MiB limit", code="TOO_LARGE"
+            )
         if value[0] == CONFLUENT_MAGIC:
             if len(value) < 5:
-                raise UnknownWireFormat("Confluent framing truncated before the schema id",
-                                        code="TRUNCATED")
+                raise UnknownWireFormat(
+                    "Confluent framing truncated before the schema id", code="TRUNCATED"
+                )
             (schema_id,) = struct.unpack_from(">I", value, 1)
             if self._registry is None:
                 raise UnknownSchema(
                     f"record uses Confluent framing (schema id {schema_id}) but no schema "
                     "registry is configured (set IMCONNECTOR_SCHEMA_REGISTRY_URL)",
-                    code="NO_REGISTRY")
+                    code="NO_REGISTRY",
+                )
             writer = self._registry.get_schema(schema_id)
             checked = self._risks.get(id(writer))
             if checked is None or checked[0] is not writer:
                 checked = (writer, *writer_risks(writer))
                 self._risks[id(writer)] = checked
             if checked[1] is not None:
-                raise SchemaMismatch(f"schema id {schema_id} cannot be read safely: "
-                                     f"{checked[1]}", code="UNSUPPORTED_WRITER_SCHEMA")
+                raise SchemaMismatch(
+                    f"schema id {schema_id} cannot be read safely: {checked[1]}",
+                    code="UNSUPPORTED_WRITER_SCHEMA",
+                )
             return self._read(value, 5, writer, pure_python=checked[2])
         if value[:2] == SINGLE_OBJECT_MAGIC:
             if len(value) < 10:
@@ -431,14 +486,16 @@ class ChatEventDecoder:
             if writer is None:
                 raise UnknownSchema(
                     f"fingerprint {fp.hex()} matches no bundled ChatEvent version",
-                    code="UNKNOWN_FINGERPRINT")
+                    code="UNKNOWN_FINGERPRINT",
+                )
             return self._read(value, 10, writer)
         raise UnknownWireFormat(
             f"first byte 0x{value[0]:02x} is neither Confluent framing (0x00) nor "
-            "single-object encoding (0xC3 0x01)", code="UNKNOWN_MAGIC")
+            "single-object encoding (0xC3 0x01)",
+            code="UNKNOWN_MAGIC",
+        )
 
-    def _read(self, value: bytes, offset: int, writer: Any,
-              pure_python: bool = False) -> ChatEvent:
+    def _read(self, value: bytes, offset: int, writer: Any, pure_python: bool = False) -> ChatEvent:
         """Decode exactly one datum, refusing corrupt bytes fastavro would accept.
 
         fastavro takes a negative union index (Python indexing picks a branch from the
@@ -455,33 +512,43 @@ class ChatEventDecoder:
         bundle = self._bundle
         try:
             if writer is bundle.reader:
-                record = read(stream, writer, None, return_record_name=True,
-                              return_record_name_override=True)
+                record = read(
+                    stream, writer, None, return_record_name=True, return_record_name_override=True
+                )
                 self._check_end(stream, value)
                 self._check_payload_tail(record, value)
             else:
-                record = read(stream, writer, None, return_record_name=True,
-                              return_record_name_override=True)
+                record = read(
+                    stream, writer, None, return_record_name=True, return_record_name_override=True
+                )
                 self._check_end(stream, value)
                 again = io.BytesIO()
                 fastavro.schemaless_writer(again, writer, record)
                 if again.getbuffer() != memoryview(value)[offset:]:
                     raise SchemaMismatch(_NON_CANONICAL, code="NON_CANONICAL")
                 stream.seek(offset)
-                record = read(stream, writer, bundle.reader, return_record_name=True,
-                              return_record_name_override=True)
+                record = read(
+                    stream,
+                    writer,
+                    bundle.reader,
+                    return_record_name=True,
+                    return_record_name_override=True,
+                )
             return event_from_record(cast(Mapping[str, Any], record))
         except PoisonRecord:
             raise
         except Exception as exc:
-            raise SchemaMismatch(f"Avro decoding failed: {type(exc).__name__}: {exc}"[:300],
-                                 code="AVRO_DECODE") from exc
+            raise SchemaMismatch(
+                f"Avro decoding failed: {type(exc).__name__}: {exc}"[:300], code="AVRO_DECODE"
+            ) from exc
 
     @staticmethod
     def _check_end(stream: io.BytesIO, value: bytes) -> None:
         if stream.tell() != len(value):
-            raise SchemaMismatch(f"{len(value) - stream.tell()} trailing bytes after the "
-                                 "Avro datum", code="TRAILING_BYTES")
+            raise SchemaMismatch(
+                f"{len(value) - stream.tell()} trailing bytes after the Avro datum",
+                code="TRAILING_BYTES",
+            )
 
     def _check_payload_tail(self, record: Any, value: bytes) -> None:
         payload = record.get("payload") if isinstance(record, dict) else None
@@ -489,8 +556,7 @@ class ChatEventDecoder:
             raise SchemaMismatch("payload union without a branch name", code="UNKNOWN_PAYLOAD")
         branch = self._bundle.payload_branches.get(payload[0])
         if branch is None:
-            raise SchemaMismatch(f"unknown payload branch {payload[0]!r}",
-                                 code="UNKNOWN_PAYLOAD")
+            raise SchemaMismatch(f"unknown payload branch {payload[0]!r}", code="UNKNOWN_PAYLOAD")
         index_byte, schema = branch
         tail = io.BytesIO()
         tail.write(index_byte)
@@ -499,8 +565,10 @@ class ChatEventDecoder:
             raise SchemaMismatch(_NON_CANONICAL, code="NON_CANONICAL")
 
 
-_NON_CANONICAL = ("the bytes are not the canonical encoding of what they decode to "
-                  "(negative union index, overlong length or corrupt block)")
+_NON_CANONICAL = (
+    "the bytes are not the canonical encoding of what they decode to "
+    "(negative union index, overlong length or corrupt block)"
+)
 
 
 class ChatEventEncoder:

@@ -45,8 +45,11 @@ def run_demo(bootstrap: str, duration: float, chats: int, rate: float, http_port
     run_id = time.strftime("%Y%m%d%H%M%S")
     topic = f"demo.{run_id}.chat-events"
     # Enterprise-plan limits (5 req/s, burst 250): the demo shows batching under a real limit.
-    sim = SimulatorServer(SimulatorConfig(preset_lines=[(CONNECTOR, LINE)], rate_limit_drain=5.0,
-                                          rate_limit_burst=250)).start()
+    sim = SimulatorServer(
+        SimulatorConfig(
+            preset_lines=[(CONNECTOR, LINE)], rate_limit_drain=5.0, rate_limit_burst=250
+        )
+    ).start()
     tokens = sim.issue_tokens()
     settings = Settings(
         kafka={"bootstrap_servers": bootstrap},
@@ -54,12 +57,18 @@ def run_demo(bootstrap: str, duration: float, chats: int, rate: float, http_port
         group_id=f"imconnector-demo-{run_id}",
         instance_id="demo",
         schema_registry_url=f"{sim.url}/registry",
-        portals={PORTAL: {
-            "rest_url": f"{sim.url}/rest/", "oauth_url": f"{sim.url}/oauth/token/",
-            "client_id": sim.config.client_id, "client_secret": sim.config.client_secret,
-            "access_token": tokens["access_token"], "refresh_token": tokens["refresh_token"],
-            "rate_drain": 5.0, "rate_burst": 250,
-        }},
+        portals={
+            PORTAL: {
+                "rest_url": f"{sim.url}/rest/",
+                "oauth_url": f"{sim.url}/oauth/token/",
+                "client_id": sim.config.client_id,
+                "client_secret": sim.config.client_secret,
+                "access_token": tokens["access_token"],
+                "refresh_token": tokens["refresh_token"],
+                "rate_drain": 5.0,
+                "rate_burst": 250,
+            }
+        },
         http_port=http_port,
     )
     metrics = Metrics(version=__version__)
@@ -70,16 +79,21 @@ def run_demo(bootstrap: str, duration: float, chats: int, rate: float, http_port
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     print(f"imconnector-consumer {__version__} demo")
     print(f"  Kafka          {bootstrap}  topic {topic}")
-    print(f"  Bitrix24 sim   {sim.url}/rest/  (calls: {sim.url}/_sim/calls, state: "
-          f"{sim.url}/_sim/state)")
+    print(
+        f"  Bitrix24 sim   {sim.url}/rest/  (calls: {sim.url}/_sim/calls, state: "
+        f"{sim.url}/_sim/state)"
+    )
     print(f"  registry       {sim.url}/registry")
     print(f"  metrics        http://127.0.0.1:{ops.port}/metrics  (/healthz, /readyz)")
     engine_thread = threading.Thread(target=engine.run, name="engine", daemon=True)
     engine_thread.start()
     produced: Counter[str] = Counter()
     producer_thread = threading.Thread(
-        target=_produce_traffic, args=(bootstrap, topic, settings, chats, rate, stop, produced),
-        name="demo-producer", daemon=True)
+        target=_produce_traffic,
+        args=(bootstrap, topic, settings, chats, rate, stop, produced),
+        name="demo-producer",
+        daemon=True,
+    )
     engine.started.wait(60)
     producer_thread.start()
     started = time.monotonic()
@@ -102,20 +116,37 @@ def run_demo(bootstrap: str, duration: float, chats: int, rate: float, http_port
     return 0
 
 
-def _produce_traffic(bootstrap: str, topic: str, settings: Settings, chats: int, rate: float,
-                     stop: threading.Event, produced: Counter[str]) -> None:
+def _produce_traffic(
+    bootstrap: str,
+    topic: str,
+    settings: Settings,
+    chats: int,
+    rate: float,
+    stop: threading.Event,
+    produced: Counter[str],
+) -> None:
     rng = random.Random(7)
     assert settings.schema_registry_url is not None
     registry = SchemaRegistryClient(settings.schema_registry_url)
-    encoders = [ChatEventEncoder("single-object"),
-                ChatEventEncoder("confluent", registry, subject=f"{topic}-value")]
+    encoders = [
+        ChatEventEncoder("single-object"),
+        ChatEventEncoder("confluent", registry, subject=f"{topic}-value"),
+    ]
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20})
     next_sequence = {f"chat-{i:04d}": 1 for i in range(chats)}
     while not stop.is_set():
         scripts = []
         for chat_id, first in next_sequence.items():
-            script = chat_script(rng, PORTAL, CONNECTOR, LINE, chat_id, rng.randint(2, 6),
-                                 start_ms=int(time.time() * 1000), first_sequence=first)
+            script = chat_script(
+                rng,
+                PORTAL,
+                CONNECTOR,
+                LINE,
+                chat_id,
+                rng.randint(2, 6),
+                start_ms=int(time.time() * 1000),
+                first_sequence=first,
+            )
             next_sequence[chat_id] = first + len(script)
             scripts.append(script)
         events = interleave(scripts, rng, duplicate_rate=0.05, reorder_rate=0.05)
@@ -153,20 +184,32 @@ def _samples(metrics: Metrics, name: str) -> list[Any]:
     return out
 
 
-def _report(sim: Any, metrics: Metrics, produced: Counter[str], started: float, shown: int,
-            final: bool = False) -> int:
+def _report(
+    sim: Any,
+    metrics: Metrics,
+    produced: Counter[str],
+    started: float,
+    shown: int,
+    final: bool = False,
+) -> int:
     calls = [record.as_dict() for record in sim.portal.call_records()]
     by_method = Counter(c["method"] for c in calls)
-    outcomes = {s.labels["outcome"]: int(s.value)
-                for s in _samples(metrics, "imconnector_event_outcomes_total")}
-    dead = {s.labels["error_class"]: int(s.value)
-            for s in _samples(metrics, "imconnector_dead_letters_total")}
+    outcomes = {
+        s.labels["outcome"]: int(s.value)
+        for s in _samples(metrics, "imconnector_event_outcomes_total")
+    }
+    dead = {
+        s.labels["error_class"]: int(s.value)
+        for s in _samples(metrics, "imconnector_dead_letters_total")
+    }
     elapsed = time.monotonic() - started
     head = "final" if final else f"{elapsed:5.0f}s"
     print(f"[{head}] produced {dict(produced)}")
     print(f"        outcomes {outcomes}  dead-lettered {dead}")
     print(f"        Bitrix24 requests {dict(by_method)}")
-    for call in calls[shown:shown + 2]:
-        print(f"        e.g. {call['method']} -> HTTP {call.get('http_status')} "
-              f"{_sample(call.get('params'))}")
+    for call in calls[shown : shown + 2]:
+        print(
+            f"        e.g. {call['method']} -> HTTP {call.get('http_status')} "
+            f"{_sample(call.get('params'))}"
+        )
     return len(calls)

@@ -196,18 +196,21 @@ class Dispatcher:
             self._in_flight -= 1
         self._wake.set()
 
-    def _portal_policies(self, portal: str) -> tuple[PortalRateLimiter, OperatingBudget,
-                                                     CircuitBreaker]:
+    def _portal_policies(
+        self, portal: str
+    ) -> tuple[PortalRateLimiter, OperatingBudget, CircuitBreaker]:
         if portal not in self._limiters:
             assert self._client is not None
             cfg = self._client.portals.get(portal)
             if cfg is None:
                 self._limiters[portal] = PortalRateLimiter()
             else:
-                self._limiters[portal] = PortalRateLimiter(cfg.rate_drain, cfg.rate_burst,
-                                                           cfg.rate_share)
+                self._limiters[portal] = PortalRateLimiter(
+                    cfg.rate_drain, cfg.rate_burst, cfg.rate_share
+                )
             self._budgets[portal] = OperatingBudget(
-                limit=cfg.operating_limit if cfg is not None else self._operating_limit)
+                limit=cfg.operating_limit if cfg is not None else self._operating_limit
+            )
             self._breakers[portal] = CircuitBreaker()
         return self._limiters[portal], self._budgets[portal], self._breakers[portal]
 
@@ -243,20 +246,30 @@ class Dispatcher:
     async def _run(self, batch: Batch) -> None:
         done = BatchDone(batch)
         try:
-            done.results = await self._attempt(batch, [c for _, c in batch.calls],
-                                               [k for k, _ in batch.calls])
+            done.results = await self._attempt(
+                batch, [c for _, c in batch.calls], [k for k, _ in batch.calls]
+            )
         except Exception as exc:
             logger.exception("dispatch failed unexpectedly")
-            done.results = [CallResult(k, c, False, error_class="transient", code="INTERNAL",
-                                       message=f"{type(exc).__name__}: {exc}"[:300])
-                            for k, c in batch.calls]
+            done.results = [
+                CallResult(
+                    k,
+                    c,
+                    False,
+                    error_class="transient",
+                    code="INTERNAL",
+                    message=f"{type(exc).__name__}: {exc}"[:300],
+                )
+                for k, c in batch.calls
+            ]
             if not isinstance(exc, asyncio.CancelledError):
                 for r in done.results:
                     r.error_class = "exhausted"
         self._finish(done)
 
-    async def _attempt(self, batch: Batch, calls: list[PendingCall],
-                       keys: list[str]) -> list[CallResult]:
+    async def _attempt(
+        self, batch: Batch, calls: list[PendingCall], keys: list[str]
+    ) -> list[CallResult]:
         assert self._client is not None and self._semaphore is not None
         method = batch.method
         attempts = 0
@@ -271,7 +284,8 @@ class Dispatcher:
             try:
                 async with self._semaphore:
                     body = await self._client.call(
-                        batch.portal, method, _params(batch, [c.element for c in calls]))
+                        batch.portal, method, _params(batch, [c.element for c in calls])
+                    )
             except Throttled as exc:
                 self._count_request(method, exc.http_status, started)
                 attempts -= 1  # throttling never spends the retry budget
@@ -288,9 +302,19 @@ class Dispatcher:
                     ambiguous = True
                     self._metrics.ambiguous_sends.labels(policy=self._policy).inc(len(calls))
                     if self._policy == "dead-letter":
-                        return [CallResult(k, c, False, error_class="ambiguous", code=exc.code,
-                                           message=str(exc), attempts=attempts, ambiguous=True)
-                                for k, c in zip(keys, calls, strict=True)]
+                        return [
+                            CallResult(
+                                k,
+                                c,
+                                False,
+                                error_class="ambiguous",
+                                code=exc.code,
+                                message=str(exc),
+                                attempts=attempts,
+                                ambiguous=True,
+                            )
+                            for k, c in zip(keys, calls, strict=True)
+                        ]
                 delay = await self._backoff(exc, attempts, backoff_spent)
                 if delay is None:
                     return self._all_failed(keys, calls, "exhausted", exc, attempts, ambiguous)
@@ -307,8 +331,11 @@ class Dispatcher:
             except (PermanentError, CausalWait) as exc:
                 self._count_request(method, exc.http_status, started)
                 breaker.record(True, time.monotonic())
-                if len(calls) > 1 and isinstance(exc, PermanentError) \
-                        and exc.code == "ERROR_ARGUMENT":
+                if (
+                    len(calls) > 1
+                    and isinstance(exc, PermanentError)
+                    and exc.code == "ERROR_ARGUMENT"
+                ):
                     # One malformed element fails the whole request: isolate it.
                     results: list[CallResult] = []
                     for key, call in zip(keys, calls, strict=True):
@@ -319,9 +346,18 @@ class Dispatcher:
                 self._count_request(method, exc.http_status, started)
                 return self._all_failed(keys, calls, exc.error_class, exc, attempts, ambiguous)
             except ConfigError as exc:
-                return [CallResult(k, c, False, error_class="permanent", code="NO_PORTAL",
-                                   message=str(exc), attempts=attempts)
-                        for k, c in zip(keys, calls, strict=True)]
+                return [
+                    CallResult(
+                        k,
+                        c,
+                        False,
+                        error_class="permanent",
+                        code="NO_PORTAL",
+                        message=str(exc),
+                        attempts=attempts,
+                    )
+                    for k, c in zip(keys, calls, strict=True)
+                ]
             self._count_request(method, 200, started)
             breaker.record(True, time.monotonic())
             budget.observe(method, body.get("time"), time.time(), time.monotonic())
@@ -329,15 +365,34 @@ class Dispatcher:
             per_element = element_results(body, len(calls))
             out: list[CallResult] = []
             for index, (key, call, (ok, error)) in enumerate(
-                    zip(keys, calls, per_element, strict=True)):
+                zip(keys, calls, per_element, strict=True)
+            ):
                 if ok:
-                    out.append(CallResult(key, call, True, element_result_data(body, index),
-                                          attempts=attempts, ambiguous=ambiguous))
+                    out.append(
+                        CallResult(
+                            key,
+                            call,
+                            True,
+                            element_result_data(body, index),
+                            attempts=attempts,
+                            ambiguous=ambiguous,
+                        )
+                    )
                 else:
                     code = (error or "SUCCESS_FALSE").split(":")[0].split(" ")[0]
-                    out.append(CallResult(key, call, False, error_class="permanent", code=code,
-                                          message=error, http_status=200, attempts=attempts,
-                                          ambiguous=ambiguous))
+                    out.append(
+                        CallResult(
+                            key,
+                            call,
+                            False,
+                            error_class="permanent",
+                            code=code,
+                            message=error,
+                            http_status=200,
+                            attempts=attempts,
+                            ambiguous=ambiguous,
+                        )
+                    )
             return out
 
     async def _backoff(self, exc: BitrixError, attempts: int, spent: float) -> float | None:
@@ -359,9 +414,25 @@ class Dispatcher:
         self._metrics.api_duration.labels(method=method).observe(time.monotonic() - started)
 
     @staticmethod
-    def _all_failed(keys: list[str], calls: list[PendingCall], error_class: str,
-                    exc: BitrixError, attempts: int, ambiguous: bool) -> list[CallResult]:
-        return [CallResult(k, c, False, error_class=error_class, code=exc.code,
-                           message=str(exc)[:500], http_status=exc.http_status,
-                           attempts=attempts, ambiguous=ambiguous)
-                for k, c in zip(keys, calls, strict=True)]
+    def _all_failed(
+        keys: list[str],
+        calls: list[PendingCall],
+        error_class: str,
+        exc: BitrixError,
+        attempts: int,
+        ambiguous: bool,
+    ) -> list[CallResult]:
+        return [
+            CallResult(
+                k,
+                c,
+                False,
+                error_class=error_class,
+                code=exc.code,
+                message=str(exc)[:500],
+                http_status=exc.http_status,
+                attempts=attempts,
+                ambiguous=ambiguous,
+            )
+            for k, c in zip(keys, calls, strict=True)
+        ]

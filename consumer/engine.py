@@ -10,6 +10,7 @@ crash an in-flight call is known to have an unknown outcome.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import threading
@@ -136,8 +137,11 @@ class Engine:
             rename_wait_timeout_ms=int(engine.rename_wait_timeout_s * 1000),
             send_status_reading=engine.send_status_reading,
         )
-        self._registry = (SchemaRegistryClient(settings.schema_registry_url)
-                          if settings.schema_registry_url else None)
+        self._registry = (
+            SchemaRegistryClient(settings.schema_registry_url)
+            if settings.schema_registry_url
+            else None
+        )
         self.decoder = ChatEventDecoder(self._registry)
         self.parts: dict[tuple[str, int], PartitionWork] = {}
         self._epoch = 0
@@ -151,8 +155,9 @@ class Engine:
         self._restoring = 0
         self.assigned = False
         self.started = threading.Event()
-        self._consumed = {t: metrics.events_consumed.labels(topic=t)
-                          for t in settings.source_topics}
+        self._consumed = {
+            t: metrics.events_consumed.labels(topic=t) for t in settings.source_topics
+        }
         self._outcome_counters: dict[str, Any] = {}
 
     # -- life cycle ----------------------------------------------------------------------
@@ -175,12 +180,20 @@ class Engine:
         self._producer.init_transactions(30)
         self._producer.begin_transaction()
         self._consumer = Consumer(consumer_config(settings, stats_cb=self.metrics.kafka.update))
-        self._consumer.subscribe(settings.source_topics, on_assign=self._on_assign,
-                                 on_revoke=self._on_revoke, on_lost=self._on_lost)
+        self._consumer.subscribe(
+            settings.source_topics,
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
         self.dispatcher.start()
         self.started.set()
-        logger.info("consuming %s as group %s (instance %s)", ",".join(settings.source_topics),
-                    settings.group_id, settings.instance_id)
+        logger.info(
+            "consuming %s as group %s (instance %s)",
+            ",".join(settings.source_topics),
+            settings.group_id,
+            settings.instance_id,
+        )
         try:
             while not self._stop.is_set():
                 self._iteration()
@@ -196,10 +209,8 @@ class Engine:
             except KafkaException as exc:
                 logger.warning("closing the consumer failed: %s", exc)
         if producer is not None:
-            try:
+            with contextlib.suppress(KafkaException):  # nothing open is fine
                 producer.abort_transaction(10)
-            except KafkaException:
-                pass
             producer.flush(10)
         self.dispatcher.stop()
         if self._registry is not None:
@@ -263,7 +274,8 @@ class Engine:
         value = msg.value() or b""
         raw_key = msg.key() or b""
         headers: tuple[tuple[str, bytes], ...] = tuple(
-            (k, v or b"") for k, v in (msg.headers() or ()))
+            (k, v or b"") for k, v in (msg.headers() or ())
+        )
         redrive = any(k == REDRIVE_HEADER for k, _ in headers)
         try:
             event = self.decoder.decode(value)
@@ -285,12 +297,16 @@ class Engine:
         state = work.state(chat)
         lane = work.lanes.get(chat)
         if lane is None:
-            lane = Lane(self.settings.engine.reorder_buffer_per_chat,
-                        self.settings.engine.dedup_window, _event_of)
+            lane = Lane(
+                self.settings.engine.reorder_buffer_per_chat,
+                self.settings.engine.dedup_window,
+                _event_of,
+            )
         self._offered(work, chat, state, lane, lane.offer(state, held, self._now_ms()))
 
-    def _offered(self, work: PartitionWork, chat: str, state: ChatState, lane: Lane[Held],
-                 offer: Offer[Held]) -> None:
+    def _offered(
+        self, work: PartitionWork, chat: str, state: ChatState, lane: Lane[Held], offer: Offer[Held]
+    ) -> None:
         for item in offer.released:
             work.held_offsets.discard(item.offset)
         for item in offer.held:
@@ -300,8 +316,12 @@ class Engine:
         else:
             work.lanes.pop(chat, None)
         for first, last in offer.gaps:
-            logger.warning("sequence gap %d..%d given up on", first, last,
-                           extra={"chat": chat, "topic": work.topic, "partition": work.partition})
+            logger.warning(
+                "sequence gap %d..%d given up on",
+                first,
+                last,
+                extra={"chat": chat, "topic": work.topic, "partition": work.partition},
+            )
             self.metrics.sequence_gaps.inc()
             self._produce_outcome(chat, outcome_gap(chat, f"{first}..{last}"))
         if offer.gaps or offer.ready:
@@ -314,16 +334,24 @@ class Engine:
 
     def _apply(self, work: PartitionWork, chat: str, state: ChatState, held: Held) -> None:
         before = _pending_of(state)
-        call = new_call(held.event, state, (work.topic, work.partition, held.offset), held.raw,
-                        held.raw_key, held.headers)
+        call = new_call(
+            held.event,
+            state,
+            (work.topic, work.partition, held.offset),
+            held.raw,
+            held.raw_key,
+            held.headers,
+        )
         if held.redrive:
             call.redrive_count = _redrive_count(held.headers)
-        outcomes = on_event(state, held.event, call, self._now_ms(), self.fold_config,
-                            redrive=held.redrive)
+        outcomes = on_event(
+            state, held.event, call, self._now_ms(), self.fold_config, redrive=held.redrive
+        )
         self._after_change(work, chat, state, before, outcomes)
 
-    def _after_change(self, work: PartitionWork, chat: str, state: ChatState, before: int,
-                      outcomes: list[Outcome]) -> None:
+    def _after_change(
+        self, work: PartitionWork, chat: str, state: ChatState, before: int, outcomes: list[Outcome]
+    ) -> None:
         for outcome in outcomes:
             self._emit(chat, outcome)
         work.pending += _pending_of(state) - before
@@ -341,15 +369,24 @@ class Engine:
         counter = self._outcome_counters.get(outcome)
         if counter is None:
             counter = self._outcome_counters[outcome] = self.metrics.outcomes.labels(
-                outcome=outcome)
+                outcome=outcome
+            )
         counter.inc()
 
     def _record_skip(self, work: PartitionWork, chat: str, held: Held, outcome: str) -> None:
         self._count_outcome(outcome)
         event = held.event
-        self._produce_outcome(chat, outcome_record_raw(
-            event.event_id, chat, event.sequence, event.kind, outcome,
-            (work.topic, work.partition, held.offset)))
+        self._produce_outcome(
+            chat,
+            outcome_record_raw(
+                event.event_id,
+                chat,
+                event.sequence,
+                event.kind,
+                outcome,
+                (work.topic, work.partition, held.offset),
+            ),
+        )
 
     def _emit(self, chat: str, outcome: Outcome) -> None:
         call = outcome.call
@@ -359,35 +396,84 @@ class Engine:
             self._count_outcome(outcome.outcome)
         if outcome.outcome == "applied":
             self.metrics.event_latency.observe(max(0.0, self.clock() - call.occurred_at / 1000))
-        self._produce_outcome(chat, outcome_record(
-            chat, call, outcome.outcome, error_class=outcome.error_class, code=outcome.code,
-            message=outcome.message, http_status=outcome.http_status, result=outcome.result,
-            attempts=call.attempts or None, redrive=call.redrive_count or None))
+        self._produce_outcome(
+            chat,
+            outcome_record(
+                chat,
+                call,
+                outcome.outcome,
+                error_class=outcome.error_class,
+                code=outcome.code,
+                message=outcome.message,
+                http_status=outcome.http_status,
+                result=outcome.result,
+                attempts=call.attempts or None,
+                redrive=call.redrive_count or None,
+            ),
+        )
         if outcome.outcome == "dead_lettered":
             assert outcome.error_class is not None
             self.metrics.dead_letters.labels(error_class=outcome.error_class).inc()
             headers = dead_letter_headers(
-                call, group=self.settings.group_id, error_class=outcome.error_class,
-                code=outcome.code, message=outcome.message, http_status=outcome.http_status,
-                attempts=call.attempts, now_ms=self._now_ms())
-            self._produce(self.settings.dlq_topic(call.origin[0]), call.raw_key or chat.encode(),
-                          call.raw, headers, partition=call.origin[1])
+                call,
+                group=self.settings.group_id,
+                error_class=outcome.error_class,
+                code=outcome.code,
+                message=outcome.message,
+                http_status=outcome.http_status,
+                attempts=call.attempts,
+                now_ms=self._now_ms(),
+            )
+            self._produce(
+                self.settings.dlq_topic(call.origin[0]),
+                call.raw_key or chat.encode(),
+                call.raw,
+                headers,
+                partition=call.origin[1],
+            )
 
-    def _dead_letter_poison(self, work: PartitionWork, offset: int, value: bytes,
-                            raw_key: bytes, headers: tuple[tuple[str, bytes], ...],
-                            exc: PoisonRecord) -> None:
-        call = PendingCall("", None, "unknown", "", {}, 0, (work.topic, work.partition, offset),
-                           value, raw_key, headers)
-        logger.warning("poison record dead-lettered: %s", exc,
-                       extra={"topic": work.topic, "partition": work.partition, "offset": offset})
-        self._emit(raw_key.decode(errors="replace"),
-                   Outcome(call, "dead_lettered", "poison", exc.code, str(exc)))
+    def _dead_letter_poison(
+        self,
+        work: PartitionWork,
+        offset: int,
+        value: bytes,
+        raw_key: bytes,
+        headers: tuple[tuple[str, bytes], ...],
+        exc: PoisonRecord,
+    ) -> None:
+        call = PendingCall(
+            "",
+            None,
+            "unknown",
+            "",
+            {},
+            0,
+            (work.topic, work.partition, offset),
+            value,
+            raw_key,
+            headers,
+        )
+        logger.warning(
+            "poison record dead-lettered: %s",
+            exc,
+            extra={"topic": work.topic, "partition": work.partition, "offset": offset},
+        )
+        self._emit(
+            raw_key.decode(errors="replace"),
+            Outcome(call, "dead_lettered", "poison", exc.code, str(exc)),
+        )
 
     def _produce_outcome(self, chat: str, value: bytes) -> None:
         self._produce(self.settings.outcomes_topic, chat.encode(), value, None)
 
-    def _produce(self, topic: str, key: bytes, value: bytes | None, headers: Headers | None,
-                 partition: int | None = None) -> None:
+    def _produce(
+        self,
+        topic: str,
+        key: bytes,
+        value: bytes | None,
+        headers: Headers | None,
+        partition: int | None = None,
+    ) -> None:
         assert self._producer is not None
         kwargs: dict[str, Any] = {"key": key, "value": value}
         if headers:
@@ -450,8 +536,7 @@ class Engine:
 
     def _apply_done(self, done: BatchDone) -> None:
         now_ms = self._now_ms()
-        for result, (topic, partition, epoch) in zip(done.results, done.batch.routes,
-                                                     strict=True):
+        for result, (topic, partition, epoch) in zip(done.results, done.batch.routes, strict=True):
             work = self.parts.get((topic, partition))
             if work is None or work.epoch != epoch:
                 continue  # revoked meanwhile: the new owner sees the call as in flight
@@ -464,15 +549,22 @@ class Engine:
             call = result.call
             call.attempts = max(call.attempts, result.attempts)
             if result.ambiguous:  # resent after a timeout/reset: the portal may hold two
-                self._produce_outcome(chat, outcome_record(chat, call, "ambiguous_resent",
-                                                           code="AMBIGUOUS_RETRY"))
+                self._produce_outcome(
+                    chat, outcome_record(chat, call, "ambiguous_resent", code="AMBIGUOUS_RETRY")
+                )
             if result.ok:
                 outcomes = on_success(state, call, result.result, now_ms)
             else:
                 call.first_failure_ms = call.first_failure_ms or now_ms
-                outcomes = on_failure(state, call, result.error_class or "permanent",
-                                      result.code or "UNKNOWN", result.message or "", now_ms,
-                                      result.http_status)
+                outcomes = on_failure(
+                    state,
+                    call,
+                    result.error_class or "permanent",
+                    result.code or "UNKNOWN",
+                    result.message or "",
+                    now_ms,
+                    result.http_status,
+                )
                 if result.error_class == "exhausted":
                     self.metrics.parked_chats.inc()
             self._after_change(work, chat, state, before, outcomes)
@@ -514,8 +606,12 @@ class Engine:
                     idle = b'"o"' not in value and b'"h"' not in value and b'"p"' not in value
                 else:
                     active, idle = value.last_activity_ms, value.is_idle()
-                if idle and chat not in work.busy and chat not in work.lanes \
-                        and now_ms - active > ttl_ms:
+                if (
+                    idle
+                    and chat not in work.busy
+                    and chat not in work.lanes
+                    and now_ms - active > ttl_ms
+                ):
                     del work.states[chat]
                     work.tombstones.add(chat)
                     work.dirty.add(chat)
@@ -533,8 +629,9 @@ class Engine:
                     at = state.outbox[0].occurred_at
                     oldest = at if oldest is None else min(oldest, at)
             age = 0.0 if oldest is None else max(0.0, (now_ms - oldest) / 1000)
-            self.metrics.oldest_event_age.labels(topic=work.topic,
-                                                 partition=str(work.partition)).set(age)
+            self.metrics.oldest_event_age.labels(
+                topic=work.topic, partition=str(work.partition)
+            ).set(age)
         self.metrics.chats_in_state.set(chats)
         self.metrics.reorder_held.set(held)
         self.metrics.breaker_state  # noqa: B018 - set by the dispatcher
@@ -585,8 +682,12 @@ class Engine:
                     value = None  # tombstone: the chat expired
                 else:
                     value = state if isinstance(state, bytes) else state.to_bytes()
-                    if isinstance(state, ChatState) and state.is_idle() \
-                            and chat not in work.busy and not state.recent_ids:
+                    if (
+                        isinstance(state, ChatState)
+                        and state.is_idle()
+                        and chat not in work.busy
+                        and not state.recent_ids
+                    ):
                         work.states[chat] = value  # keep idle chats compact in memory
                 self._produce(changelog, chat.encode(), value, None, partition=work.partition)
             work.dirty.clear()
@@ -594,14 +695,17 @@ class Engine:
         try:
             if offsets:
                 self._producer.send_offsets_to_transaction(
-                    offsets, self._consumer.consumer_group_metadata(), 30)
+                    offsets, self._consumer.consumer_group_metadata(), 30
+                )
             self._producer.commit_transaction(60)
         except KafkaException as exc:
             self.metrics.transactions.labels(result="aborted").inc()
             # State in memory is now ahead of Kafka; the only safe way on is a restart
             # that restores from the changelog (which is what a pod restart does).
-            logger.critical("Kafka transaction failed (%s); exiting so state is restored "
-                            "from the changelog", exc.args[0])
+            logger.critical(
+                "Kafka transaction failed (%s); exiting so state is restored from the changelog",
+                exc.args[0],
+            )
             raise
         self._producer.begin_transaction()
         for tp in offsets:
@@ -661,13 +765,22 @@ class Engine:
                 work.held_renames.add(chat)
             if state.outbox:
                 work.ready.add(chat)
-        logger.info("restored %d chat states of %s[%d] from %d records in %.2fs", len(states),
-                    work.topic, work.partition, count, time.monotonic() - started)
+        logger.info(
+            "restored %d chat states of %s[%d] from %d records in %.2fs",
+            len(states),
+            work.topic,
+            work.partition,
+            count,
+            time.monotonic() - started,
+        )
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.metrics.rebalances.labels(type="revoke").inc()
-        works = [self.parts[(tp.topic, tp.partition)] for tp in partitions
-                 if (tp.topic, tp.partition) in self.parts]
+        works = [
+            self.parts[(tp.topic, tp.partition)]
+            for tp in partitions
+            if (tp.topic, tp.partition) in self.parts
+        ]
         for work in works:
             work.revoking = True
         deadline = time.monotonic() + min(self.settings.shutdown_grace_s, 15.0)
@@ -682,9 +795,12 @@ class Engine:
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.metrics.rebalances.labels(type="lost").inc()
-        raise KafkaException(KafkaError(KafkaError._FATAL,
-                                        "partitions lost (session timeout); restarting to "
-                                        "restore state from the changelog"))
+        raise KafkaException(
+            KafkaError(
+                KafkaError._FATAL,
+                "partitions lost (session timeout); restarting to restore state from the changelog",
+            )
+        )
 
 
 def _event_of(held: Held) -> ChatEvent:
@@ -701,8 +817,9 @@ def _redrive_count(headers: tuple[tuple[str, bytes], ...]) -> int:
     return 0
 
 
-def outcome_record_raw(event_id: str, chat: str, seq: int | None, kind: str, outcome: str,
-                       origin: tuple[str, int, int]) -> bytes:
+def outcome_record_raw(
+    event_id: str, chat: str, seq: int | None, kind: str, outcome: str, origin: tuple[str, int, int]
+) -> bytes:
     """An outcome line for an event that never became a call (duplicate, ...)."""
     call = PendingCall(event_id, seq, kind, "", {}, 0, origin)
     return outcome_record(chat, call, outcome)

@@ -1,20 +1,20 @@
 """The one exception tree of the service; an error's class decides what happens to the event.
 
-    ConsumerError
-    ├── ConfigError (ValueError)            bad settings: exit non-zero with one line
-    ├── PoisonRecord                        undecodable bytes: dead-letter at once
-    │   ├── UnknownWireFormat               neither Confluent framing nor single-object
-    │   ├── UnknownSchema                   registry id / fingerprint not known
-    │   └── SchemaMismatch                  bytes do not match the writer schema
-    ├── RegistryUnavailable                 transient: wait and retry, never dead-letter
-    └── BitrixError                         a Bitrix24 call failed (`error_class` says how)
-        ├── PermanentError                  ERROR_ARGUMENT, NOT_ACTIVE_LINE, ...: dead-letter
-        ├── CausalWait                      CHAT_RENAMING_FAILED before a session: hold
-        ├── AuthError                       expired_token / NO_AUTH_FOUND: refresh, repeat
-        │   └── AuthFailed                  refresh impossible (invalid_grant, ...): permanent
-        ├── Throttled                       QUERY_LIMIT_EXCEEDED / OPERATION_TIME_LIMIT: slow down
-        └── TransientError                  5xx, transport: retry with backoff
-            └── AmbiguousError              the request may have been applied (timeout, reset)
+ConsumerError
+├── ConfigError (ValueError)            bad settings: exit non-zero with one line
+├── PoisonRecord                        undecodable bytes: dead-letter at once
+│   ├── UnknownWireFormat               neither Confluent framing nor single-object
+│   ├── UnknownSchema                   registry id / fingerprint not known
+│   └── SchemaMismatch                  bytes do not match the writer schema
+├── RegistryUnavailable                 transient: wait and retry, never dead-letter
+└── BitrixError                         a Bitrix24 call failed (`error_class` says how)
+    ├── PermanentError                  ERROR_ARGUMENT, NOT_ACTIVE_LINE, ...: dead-letter
+    ├── CausalWait                      CHAT_RENAMING_FAILED before a session: hold
+    ├── AuthError                       expired_token / NO_AUTH_FOUND: refresh, repeat
+    │   └── AuthFailed                  refresh impossible (invalid_grant, ...): permanent
+    ├── Throttled                       QUERY_LIMIT_EXCEEDED / OPERATION_TIME_LIMIT: slow down
+    └── TransientError                  5xx, transport: retry with backoff
+        └── AmbiguousError              the request may have been applied (timeout, reset)
 """
 
 from __future__ import annotations
@@ -22,8 +22,15 @@ from __future__ import annotations
 from typing import Literal
 
 ErrorClass = Literal[
-    "poison", "permanent", "causal_wait", "auth", "throttled", "transient", "exhausted",
-    "ambiguous", "parked",
+    "poison",
+    "permanent",
+    "causal_wait",
+    "auth",
+    "throttled",
+    "transient",
+    "exhausted",
+    "ambiguous",
+    "parked",
 ]
 
 

@@ -62,8 +62,18 @@ def new_call(
 ) -> PendingCall:
     """The outbox entry for `event` (method and request element from `consumer.mapping`)."""
     method, element = element_for(event, state.user_id)
-    return PendingCall(event.event_id, event.sequence, event.kind, method, element,
-                       event.occurred_at, origin, raw, raw_key, headers)
+    return PendingCall(
+        event.event_id,
+        event.sequence,
+        event.kind,
+        method,
+        element,
+        event.occurred_at,
+        origin,
+        raw,
+        raw_key,
+        headers,
+    )
 
 
 def _remember_failed(state: ChatState, call: PendingCall) -> None:
@@ -75,8 +85,14 @@ def _remember_failed(state: ChatState, call: PendingCall) -> None:
     state.failed = failed[-_FAILED_MEMORY:]
 
 
-def _dead(state: ChatState, call: PendingCall, error_class: str, code: str, message: str,
-          http_status: int | None = None) -> Outcome:
+def _dead(
+    state: ChatState,
+    call: PendingCall,
+    error_class: str,
+    code: str,
+    message: str,
+    http_status: int | None = None,
+) -> Outcome:
     _remember_failed(state, call)
     return Outcome(call, "dead_lettered", error_class, code, message, http_status)
 
@@ -96,9 +112,16 @@ def on_event(
         state.user_id = event.user.id
     if state.parked:
         if not redrive:
-            return [_dead(state, call, "parked", "CHAT_PARKED",
-                          "an earlier event of this chat exhausted its retries; "
-                          "redrive the chat's dead letters in order")]
+            return [
+                _dead(
+                    state,
+                    call,
+                    "parked",
+                    "CHAT_PARKED",
+                    "an earlier event of this chat exhausted its retries; "
+                    "redrive the chat's dead letters in order",
+                )
+            ]
         state.parked = False
     payload = event.payload
     if event.kind == "ReadConfirmed" and not config.send_status_reading:
@@ -135,8 +158,9 @@ def _on_rename(state: ChatState, event: ChatEvent, call: PendingCall, now_ms: in
     return outcomes
 
 
-def on_success(state: ChatState, call: PendingCall, result: dict[str, Any] | None,
-               now_ms: int) -> list[Outcome]:
+def on_success(
+    state: ChatState, call: PendingCall, result: dict[str, Any] | None, now_ms: int
+) -> list[Outcome]:
     """The head call succeeded: record it, open the session, release a held rename."""
     _pop_head(state, call)
     state.last_activity_ms = now_ms
@@ -175,12 +199,26 @@ def on_failure(
     if error_class == "exhausted":
         state.parked = True
         for later in state.outbox:
-            outcomes.append(_dead(state, later, "parked", "CHAT_PARKED",
-                                  f"held behind event {call.event_id} which exhausted retries"))
+            outcomes.append(
+                _dead(
+                    state,
+                    later,
+                    "parked",
+                    "CHAT_PARKED",
+                    f"held behind event {call.event_id} which exhausted retries",
+                )
+            )
         state.outbox = []
         if state.held_rename is not None:
-            outcomes.append(_dead(state, state.held_rename, "parked", "CHAT_PARKED",
-                                  f"held behind event {call.event_id} which exhausted retries"))
+            outcomes.append(
+                _dead(
+                    state,
+                    state.held_rename,
+                    "parked",
+                    "CHAT_PARKED",
+                    f"held behind event {call.event_id} which exhausted retries",
+                )
+            )
             state.held_rename = None
     return outcomes
 
@@ -190,8 +228,15 @@ def on_tick(state: ChatState, now_ms: int, config: FoldConfig) -> list[Outcome]:
     held = state.held_rename
     if held is not None and now_ms - held.held_since_ms >= config.rename_wait_timeout_ms:
         state.held_rename = None
-        return [_dead(state, held, "causal_wait", "CHAT_RENAMING_FAILED",
-                      "the chat got no session (no successful send) within the rename timeout")]
+        return [
+            _dead(
+                state,
+                held,
+                "causal_wait",
+                "CHAT_RENAMING_FAILED",
+                "the chat got no session (no successful send) within the rename timeout",
+            )
+        ]
     return []
 
 
@@ -206,9 +251,16 @@ def on_restore(state: ChatState, policy: str) -> list[Outcome]:
     head = state.outbox[0]
     if head.method == SEND and policy == "dead-letter":
         state.outbox.pop(0)
-        return [_dead(state, head, "ambiguous", "UNKNOWN_OUTCOME",
-                      "the send was in flight when the previous process stopped; "
-                      "check the chat before redriving")]
+        return [
+            _dead(
+                state,
+                head,
+                "ambiguous",
+                "UNKNOWN_OUTCOME",
+                "the send was in flight when the previous process stopped; "
+                "check the chat before redriving",
+            )
+        ]
     head.status = QUEUED
     return [Outcome(head, "ambiguous_resent", code="UNKNOWN_OUTCOME")]
 

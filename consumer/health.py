@@ -39,9 +39,11 @@ class OpsServer:
                     self._send(200 if alive else 503, why.encode(), "text/plain")
                 elif path == "/readyz":
                     ok = server._ready()
-                    self._send(200 if ok else 503,
-                               b"ready" if ok else b"not ready: not assigned or restoring",
-                               "text/plain")
+                    self._send(
+                        200 if ok else 503,
+                        b"ready" if ok else b"not ready: not assigned or restoring",
+                        "text/plain",
+                    )
                 else:
                     self._send(404, b"not found", "text/plain")
 
@@ -57,8 +59,9 @@ class OpsServer:
 
         self._httpd = ThreadingHTTPServer((host, port), Handler)
         self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="ops-http",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, name="ops-http", daemon=True
+        )
 
     @property
     def port(self) -> int:

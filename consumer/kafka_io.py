@@ -97,7 +97,10 @@ class Topics:
                 logger.error(
                     "Kafka at %s is unreachable (%s); check IMCONNECTOR_KAFKA__BOOTSTRAP_SERVERS "
                     "and the network/credentials; retrying in %.0fs",
-                    self._settings.kafka.bootstrap_servers, exc.args[0], delay)
+                    self._settings.kafka.bootstrap_servers,
+                    exc.args[0],
+                    delay,
+                )
                 time.sleep(delay)
                 delay = min(delay * 2, 30.0)
 
@@ -111,21 +114,33 @@ class Topics:
                 self._create([NewTopic(topic, source_partitions, 1)])
                 n = source_partitions
             if n is None:
-                raise ConfigError(f"source topic {topic!r} does not exist: create it or fix "
-                                  "IMCONNECTOR_SOURCE_TOPICS")
+                raise ConfigError(
+                    f"source topic {topic!r} does not exist: create it or fix "
+                    "IMCONNECTOR_SOURCE_TOPICS"
+                )
             counts[topic] = n
         wanted: list[NewTopic] = []
         for topic, n in counts.items():
             changelog = s.changelog_topic(topic)
             existing = self.partitions_of(changelog)
             if existing is None:
-                wanted.append(NewTopic(changelog, n, 1, config={
-                    "cleanup.policy": "compact", "min.compaction.lag.ms": "0",
-                    "segment.ms": "3600000"}))
+                wanted.append(
+                    NewTopic(
+                        changelog,
+                        n,
+                        1,
+                        config={
+                            "cleanup.policy": "compact",
+                            "min.compaction.lag.ms": "0",
+                            "segment.ms": "3600000",
+                        },
+                    )
+                )
             elif existing != n:
                 raise ConfigError(
                     f"changelog {changelog!r} has {existing} partitions but source {topic!r} has "
-                    f"{n}: they must be co-partitioned (recreate the changelog)")
+                    f"{n}: they must be co-partitioned (recreate the changelog)"
+                )
             dlq = s.dlq_topic(topic)
             if self.partitions_of(dlq) is None:
                 wanted.append(NewTopic(dlq, n, 1))
@@ -149,11 +164,15 @@ class Topics:
         deadline = time.monotonic() + 30
         for new in topics:  # wait until metadata shows every partition with a leader
             while (seen := self.partitions_of(new.topic)) != new.num_partitions:
-                logger.debug("waiting for %s: %s of %s partitions", new.topic, seen,
-                             new.num_partitions)
+                logger.debug(
+                    "waiting for %s: %s of %s partitions", new.topic, seen, new.num_partitions
+                )
                 if time.monotonic() > deadline:
-                    raise KafkaException(KafkaError(KafkaError._TIMED_OUT,
-                                                    f"topic {new.topic} not visible after create"))
+                    raise KafkaException(
+                        KafkaError(
+                            KafkaError._TIMED_OUT, f"topic {new.topic} not visible after create"
+                        )
+                    )
                 time.sleep(0.1)
 
 
@@ -173,8 +192,10 @@ def read_partition_to_end(
     try:
         while True:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"restoring {topic}[{partition}] did not reach the end "
-                                   f"({high}) within {timeout:.0f}s")
+                raise TimeoutError(
+                    f"restoring {topic}[{partition}] did not reach the end "
+                    f"({high}) within {timeout:.0f}s"
+                )
             for msg in reader.consume(num_messages=10000, timeout=0.5):
                 error = msg.error()
                 if error is not None:
@@ -197,9 +218,13 @@ def _watermarks(reader: Consumer, topic: str, partition: int) -> tuple[int, int]
             return int(low), int(high)
         except KafkaException as exc:
             code = exc.args[0].code()
-            retriable = code in (KafkaError._UNKNOWN_PARTITION, KafkaError.UNKNOWN_TOPIC_OR_PART,
-                                 KafkaError._UNKNOWN_TOPIC, KafkaError.LEADER_NOT_AVAILABLE,
-                                 KafkaError.NOT_LEADER_FOR_PARTITION)
+            retriable = code in (
+                KafkaError._UNKNOWN_PARTITION,
+                KafkaError.UNKNOWN_TOPIC_OR_PART,
+                KafkaError._UNKNOWN_TOPIC,
+                KafkaError.LEADER_NOT_AVAILABLE,
+                KafkaError.NOT_LEADER_FOR_PARTITION,
+            )
             if not retriable or time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
@@ -208,14 +233,16 @@ def _watermarks(reader: Consumer, topic: str, partition: int) -> tuple[int, int]
 def restore_reader(settings: Settings) -> Consumer:
     """A group-less consumer for changelog and token restores."""
     conf = settings.kafka.librdkafka()
-    conf.update({
-        "group.id": f"{settings.group_id}-restore",
-        "enable.auto.commit": False,
-        "isolation.level": "read_committed",
-        "enable.partition.eof": True,
-        "fetch.max.bytes": 52428800,
-        "max.partition.fetch.bytes": 10485760,
-    })
+    conf.update(
+        {
+            "group.id": f"{settings.group_id}-restore",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+            "enable.partition.eof": True,
+            "fetch.max.bytes": 52428800,
+            "max.partition.fetch.bytes": 10485760,
+        }
+    )
     return Consumer(conf)
 
 
@@ -225,8 +252,9 @@ class KafkaTokenStore:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._topic = settings.tokens_topic
-        self._producer = Producer({**settings.kafka.librdkafka(), "acks": "all",
-                                   "enable.idempotence": True})
+        self._producer = Producer(
+            {**settings.kafka.librdkafka(), "acks": "all", "enable.idempotence": True}
+        )
 
     def load(self, portal: str) -> TokenSet | None:
         """The newest pair for `portal` in the topic."""
@@ -244,8 +272,9 @@ class KafkaTokenStore:
 
     def save(self, portal: str, tokens: TokenSet) -> None:
         """Write and flush: the pair is durable before it is used."""
-        self._producer.produce(self._topic, key=portal.encode(), value=tokens.to_json(),
-                               partition=0)
+        self._producer.produce(
+            self._topic, key=portal.encode(), value=tokens.to_json(), partition=0
+        )
         if self._producer.flush(15) != 0:
             raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "token save not acknowledged"))
 
@@ -265,8 +294,11 @@ def dead_letter_headers(
     topic, partition, offset = call.origin
     first = call.first_failure_ms or now_ms
     text = redact(message or "")[:1000]
-    out: Headers = [(k, v) for k, v in call.headers if not k.startswith(("__connect.errors.",
-                                                                         "imconnector.error."))]
+    out: Headers = [
+        (k, v)
+        for k, v in call.headers
+        if not k.startswith(("__connect.errors.", "imconnector.error."))
+    ]
     out += [
         ("__connect.errors.topic", topic.encode()),
         ("__connect.errors.partition", str(partition).encode()),
@@ -291,10 +323,16 @@ def dead_letter_headers(
 def outcome_record(chat: str, call: PendingCall, outcome: str, **fields: Any) -> bytes:
     """One line of the audit trail (JSON)."""
     topic, partition, offset = call.origin
-    doc = {"event_id": call.event_id, "chat": chat, "seq": call.seq, "kind": call.kind,
-           "method": call.method, "outcome": outcome,
-           "source": {"topic": topic, "partition": partition, "offset": offset},
-           "at": int(time.time() * 1000)}
+    doc = {
+        "event_id": call.event_id,
+        "chat": chat,
+        "seq": call.seq,
+        "kind": call.kind,
+        "method": call.method,
+        "outcome": outcome,
+        "source": {"topic": topic, "partition": partition, "offset": offset},
+        "at": int(time.time() * 1000),
+    }
     for name, value in fields.items():
         if value is not None:
             doc[name] = redact(value) if isinstance(value, str) else value

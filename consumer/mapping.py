@@ -65,8 +65,9 @@ def element_for(event: ChatEvent, user_id: str | None) -> tuple[str, dict[str, A
         if payload.text is not None:
             message["text"] = payload.text
         if payload.files:
-            message["files"] = [{"url": f.url, **({"name": f.name} if f.name else {})}
-                                for f in payload.files]
+            message["files"] = [
+                {"url": f.url, **({"name": f.name} if f.name else {})} for f in payload.files
+            ]
         if payload.disable_crm:
             message["disable_crm"] = "Y"
         if payload.operator_id is not None:
@@ -81,24 +82,31 @@ def element_for(event: ChatEvent, user_id: str | None) -> tuple[str, dict[str, A
         if payload.text is not None:
             message["text"] = payload.text
         if payload.files:
-            message["files"] = [{"url": f.url, **({"name": f.name} if f.name else {})}
-                                for f in payload.files]
-        return UPDATE, {"user": _user_block(event.user, user_id), "message": message,
-                        "chat": chat}
+            message["files"] = [
+                {"url": f.url, **({"name": f.name} if f.name else {})} for f in payload.files
+            ]
+        return UPDATE, {"user": _user_block(event.user, user_id), "message": message, "chat": chat}
     if isinstance(payload, MessageDeleted):
-        return DELETE, {"user": _user_block(event.user, user_id),
-                        "message": {"id": payload.message_id}, "chat": chat}
+        return DELETE, {
+            "user": _user_block(event.user, user_id),
+            "message": {"id": payload.message_id},
+            "chat": chat,
+        }
     if isinstance(payload, DeliveryConfirmed):
         message = {"id": list(payload.message_ids)}
         if payload.delivered_at is not None:
             message["date"] = _seconds(payload.delivered_at)
-        return DELIVERY, {"im": {"chat_id": payload.im_chat_id,
-                                 "message_id": payload.im_message_id},
-                          "message": message, "chat": chat}
+        return DELIVERY, {
+            "im": {"chat_id": payload.im_chat_id, "message_id": payload.im_message_id},
+            "message": message,
+            "chat": chat,
+        }
     if isinstance(payload, ReadConfirmed):
-        return READING, {"im": {"chat_id": payload.im_chat_id,
-                                "message_id": payload.im_message_id},
-                         "message": {"id": list(payload.message_ids)}, "chat": chat}
+        return READING, {
+            "im": {"chat_id": payload.im_chat_id, "message_id": payload.im_message_id},
+            "message": {"id": list(payload.message_ids)},
+            "chat": chat,
+        }
     assert isinstance(payload, ChatRenamed)
     params: dict[str, Any] = {"CHAT_ID": event.chat_id, "NAME": payload.name}
     uid = event.user.id if event.user is not None else user_id

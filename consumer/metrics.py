@@ -16,8 +16,8 @@ from typing import Any
 from prometheus_client import (
     CollectorRegistry,
     Counter,
-    GCCollector,
     Gauge,
+    GCCollector,
     Histogram,
     PlatformCollector,
     ProcessCollector,
@@ -38,81 +38,140 @@ class Metrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         p = PREFIX
-        self.build_info = Gauge(f"{p}_build_info", "Always 1; labels carry the version.",
-                                ["version"], registry=r)
+        self.build_info = Gauge(
+            f"{p}_build_info", "Always 1; labels carry the version.", ["version"], registry=r
+        )
         self.build_info.labels(version=version).set(1)
-        self.events_consumed = Counter(f"{p}_events_consumed_total",
-                                       "Records read from source topics.", ["topic"], registry=r)
+        self.events_consumed = Counter(
+            f"{p}_events_consumed_total", "Records read from source topics.", ["topic"], registry=r
+        )
         self.outcomes = Counter(
             f"{p}_event_outcomes_total",
             "Final outcome of every consumed record: applied, duplicate, superseded, moot, "
             "dead_lettered, ambiguous_resent.",
-            ["outcome"], registry=r)
-        self.dead_letters = Counter(f"{p}_dead_letters_total",
-                                    "Records written to a dead-letter topic, by error class.",
-                                    ["error_class"], registry=r)
-        self.api_requests = Counter(f"{p}_api_requests_total",
-                                    "Bitrix24 REST requests by method and status class "
-                                    "(2xx, 4xx, 5xx, transport).",
-                                    ["method", "status_class"], registry=r)
-        self.api_duration = Histogram(f"{p}_api_request_duration_seconds",
-                                      "Bitrix24 REST request duration.", ["method"],
-                                      buckets=_LATENCY_BUCKETS, registry=r)
-        self.api_batch_size = Histogram(f"{p}_api_batch_size",
-                                        "Events coalesced into one Bitrix24 request.", ["method"],
-                                        buckets=_BATCH_BUCKETS, registry=r)
-        self.retries = Counter(f"{p}_retries_total", "Request retries by reason.",
-                               ["reason"], registry=r)
-        self.throttle_waits = Counter(f"{p}_throttle_wait_seconds_total",
-                                      "Seconds spent waiting for rate or operating budgets.",
-                                      ["reason"], registry=r)
-        self.token_refreshes = Counter(f"{p}_token_refreshes_total",
-                                       "OAuth token refreshes by result (ok, adopted, failed).",
-                                       ["result"], registry=r)
-        self.breaker_state = Gauge(f"{p}_circuit_breaker_state",
-                                   "Per-portal breaker: 0 closed, 1 half-open, 2 open.",
-                                   ["portal"], registry=r)
-        self.reorder_held = Gauge(f"{p}_reorder_held_events",
-                                  "Events held in reorder buffers waiting for a gap to fill.",
-                                  registry=r)
-        self.sequence_gaps = Counter(f"{p}_sequence_gaps_total",
-                                     "Sequence gaps given up on after the gap timeout.", registry=r)
-        self.event_latency = Histogram(f"{p}_event_latency_seconds",
-                                       "Event time to the end of its successful call.",
-                                       buckets=_LATENCY_BUCKETS, registry=r)
-        self.calls_in_flight = Gauge(f"{p}_calls_in_flight", "Bitrix24 calls in flight.",
-                                     registry=r)
-        self.oldest_event_age = Gauge(f"{p}_oldest_unfinished_event_age_seconds",
-                                      "Age of the oldest consumed but unfinished event.",
-                                      ["topic", "partition"], registry=r)
-        self.chats_in_state = Gauge(f"{p}_chats_in_state", "Chat states held in memory.",
-                                    registry=r)
-        self.parked_chats = Gauge(f"{p}_parked_chats",
-                                  "Chats parked after exhausted retries.", registry=r)
-        self.restore_records = Counter(f"{p}_state_restore_records_total",
-                                       "Changelog records replayed while restoring state.",
-                                       registry=r)
-        self.restoring_partitions = Gauge(f"{p}_state_restoring_partitions",
-                                          "Assigned partitions still restoring state.",
-                                          registry=r)
-        self.ambiguous_sends = Counter(f"{p}_ambiguous_sends_total",
-                                       "Calls found in flight after a crash (unknown outcome).",
-                                       ["policy"], registry=r)
-        self.transactions = Counter(f"{p}_transactions_total",
-                                    "Kafka transactions by result (committed, aborted).",
-                                    ["result"], registry=r)
-        self.transaction_duration = Histogram(f"{p}_transaction_duration_seconds",
-                                              "Time to commit one Kafka transaction.",
-                                              buckets=_LATENCY_BUCKETS, registry=r)
-        self.assigned_partitions = Gauge(f"{p}_assigned_partitions",
-                                         "Source partitions assigned to this process.",
-                                         registry=r)
-        self.rebalances = Counter(f"{p}_rebalances_total", "Rebalance callbacks by type.",
-                                  ["type"], registry=r)
-        self.paused_partitions = Gauge(f"{p}_paused_partitions",
-                                       "Partitions paused for backpressure.", registry=r)
-        self.poll_heartbeat = Gauge(f"{p}_poll_loop_last_seen_timestamp_seconds",
-                                    "Unix time the poll loop last ran.", registry=r)
+            ["outcome"],
+            registry=r,
+        )
+        self.dead_letters = Counter(
+            f"{p}_dead_letters_total",
+            "Records written to a dead-letter topic, by error class.",
+            ["error_class"],
+            registry=r,
+        )
+        self.api_requests = Counter(
+            f"{p}_api_requests_total",
+            "Bitrix24 REST requests by method and status class (2xx, 4xx, 5xx, transport).",
+            ["method", "status_class"],
+            registry=r,
+        )
+        self.api_duration = Histogram(
+            f"{p}_api_request_duration_seconds",
+            "Bitrix24 REST request duration.",
+            ["method"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.api_batch_size = Histogram(
+            f"{p}_api_batch_size",
+            "Events coalesced into one Bitrix24 request.",
+            ["method"],
+            buckets=_BATCH_BUCKETS,
+            registry=r,
+        )
+        self.retries = Counter(
+            f"{p}_retries_total", "Request retries by reason.", ["reason"], registry=r
+        )
+        self.throttle_waits = Counter(
+            f"{p}_throttle_wait_seconds_total",
+            "Seconds spent waiting for rate or operating budgets.",
+            ["reason"],
+            registry=r,
+        )
+        self.token_refreshes = Counter(
+            f"{p}_token_refreshes_total",
+            "OAuth token refreshes by result (ok, adopted, failed).",
+            ["result"],
+            registry=r,
+        )
+        self.breaker_state = Gauge(
+            f"{p}_circuit_breaker_state",
+            "Per-portal breaker: 0 closed, 1 half-open, 2 open.",
+            ["portal"],
+            registry=r,
+        )
+        self.reorder_held = Gauge(
+            f"{p}_reorder_held_events",
+            "Events held in reorder buffers waiting for a gap to fill.",
+            registry=r,
+        )
+        self.sequence_gaps = Counter(
+            f"{p}_sequence_gaps_total",
+            "Sequence gaps given up on after the gap timeout.",
+            registry=r,
+        )
+        self.event_latency = Histogram(
+            f"{p}_event_latency_seconds",
+            "Event time to the end of its successful call.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.calls_in_flight = Gauge(
+            f"{p}_calls_in_flight", "Bitrix24 calls in flight.", registry=r
+        )
+        self.oldest_event_age = Gauge(
+            f"{p}_oldest_unfinished_event_age_seconds",
+            "Age of the oldest consumed but unfinished event.",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.chats_in_state = Gauge(
+            f"{p}_chats_in_state", "Chat states held in memory.", registry=r
+        )
+        self.parked_chats = Gauge(
+            f"{p}_parked_chats", "Chats parked after exhausted retries.", registry=r
+        )
+        self.restore_records = Counter(
+            f"{p}_state_restore_records_total",
+            "Changelog records replayed while restoring state.",
+            registry=r,
+        )
+        self.restoring_partitions = Gauge(
+            f"{p}_state_restoring_partitions",
+            "Assigned partitions still restoring state.",
+            registry=r,
+        )
+        self.ambiguous_sends = Counter(
+            f"{p}_ambiguous_sends_total",
+            "Calls found in flight after a crash (unknown outcome).",
+            ["policy"],
+            registry=r,
+        )
+        self.transactions = Counter(
+            f"{p}_transactions_total",
+            "Kafka transactions by result (committed, aborted).",
+            ["result"],
+            registry=r,
+        )
+        self.transaction_duration = Histogram(
+            f"{p}_transaction_duration_seconds",
+            "Time to commit one Kafka transaction.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.assigned_partitions = Gauge(
+            f"{p}_assigned_partitions", "Source partitions assigned to this process.", registry=r
+        )
+        self.rebalances = Counter(
+            f"{p}_rebalances_total", "Rebalance callbacks by type.", ["type"], registry=r
+        )
+        self.paused_partitions = Gauge(
+            f"{p}_paused_partitions", "Partitions paused for backpressure.", registry=r
+        )
+        self.poll_heartbeat = Gauge(
+            f"{p}_poll_loop_last_seen_timestamp_seconds",
+            "Unix time the poll loop last ran.",
+            registry=r,
+        )
         self.ready = Gauge(f"{p}_ready", "1 when assigned partitions are restored.", registry=r)
         self.kafka = LibrdkafkaStats()
         r.register(self.kafka)
@@ -120,11 +179,17 @@ class Metrics:
         PlatformCollector(registry=r)
         GCCollector(registry=r)
         # Known label values start at 0 so increase() sees the first failure too.
-        for outcome in ("applied", "duplicate", "superseded", "moot", "skipped",
-                        "dead_lettered"):
+        for outcome in ("applied", "duplicate", "superseded", "moot", "skipped", "dead_lettered"):
             self.outcomes.labels(outcome=outcome)
-        for error_class in ("poison", "permanent", "causal_wait", "auth", "exhausted",
-                            "parked", "ambiguous"):
+        for error_class in (
+            "poison",
+            "permanent",
+            "causal_wait",
+            "auth",
+            "exhausted",
+            "parked",
+            "ambiguous",
+        ):
             self.dead_letters.labels(error_class=error_class)
         for result in ("ok", "adopted", "failed"):
             self.token_refreshes.labels(result=result)
@@ -151,14 +216,19 @@ class LibrdkafkaStats(Collector):
         """Yield lag per assigned partition, broker state and group rebalances."""
         with self._lock:
             stats = self._stats
-        lag = GaugeMetricFamily(f"{PREFIX}_kafka_consumer_lag",
-                                "Messages behind the end of each assigned partition "
-                                "(librdkafka consumer_lag_stored).", labels=["topic", "partition"])
-        broker_up = GaugeMetricFamily(f"{PREFIX}_kafka_broker_up",
-                                      "1 when librdkafka's broker connection is UP.",
-                                      labels=["broker"])
-        rebalances = CounterMetricFamily(f"{PREFIX}_kafka_group_rebalances",
-                                         "Consumer group rebalances seen by librdkafka.")
+        lag = GaugeMetricFamily(
+            f"{PREFIX}_kafka_consumer_lag",
+            "Messages behind the end of each assigned partition (librdkafka consumer_lag_stored).",
+            labels=["topic", "partition"],
+        )
+        broker_up = GaugeMetricFamily(
+            f"{PREFIX}_kafka_broker_up",
+            "1 when librdkafka's broker connection is UP.",
+            labels=["broker"],
+        )
+        rebalances = CounterMetricFamily(
+            f"{PREFIX}_kafka_group_rebalances", "Consumer group rebalances seen by librdkafka."
+        )
         for topic, tstats in (stats.get("topics") or {}).items():
             for pid, pstats in (tstats.get("partitions") or {}).items():
                 if pid == "-1":

@@ -119,8 +119,9 @@ class Lane(Generic[T]):
     Duplicates come back in `ready` with admission "duplicate" so they can be counted.
     """
 
-    def __init__(self, capacity: int, dedup_window: int,
-                 event_of: Callable[[T], ChatEvent]) -> None:
+    def __init__(
+        self, capacity: int, dedup_window: int, event_of: Callable[[T], ChatEvent]
+    ) -> None:
         self.buffer: ReorderBuffer[T] = ReorderBuffer(capacity)
         self._dedup_window = dedup_window
         self._event_of = event_of

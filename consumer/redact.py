@@ -5,8 +5,10 @@ from __future__ import annotations
 import re
 
 _PATTERNS = (
-    re.compile(r"(?i)((?:access_token|refresh_token|client_secret|auth|password|sasl\.password)"
-               r"[\"']?\s*[=:]\s*[\"']?)([^\"'&\s,}]+)"),
+    re.compile(
+        r"(?i)((?:access_token|refresh_token|client_secret|auth|password|sasl\.password)"
+        r"[\"']?\s*[=:]\s*[\"']?)([^\"'&\s,}]+)"
+    ),
     re.compile(r"(?i)(bearer\s+)([A-Za-z0-9._~+/=-]+)"),
 )
 

@@ -36,8 +36,10 @@ class RedriveFilter:
 
     def matches(self, headers: dict[str, bytes], key: bytes | None) -> bool:
         """True when the record's headers satisfy every filter."""
-        if self.error_classes and headers.get("imconnector.error.class", b"").decode() \
-                not in self.error_classes:
+        if (
+            self.error_classes
+            and headers.get("imconnector.error.class", b"").decode() not in self.error_classes
+        ):
             return False
         if self.codes and headers.get("imconnector.error.code", b"").decode() not in self.codes:
             return False
@@ -61,8 +63,10 @@ class RedriveReport:
     def summary(self) -> str:
         """One human line."""
         classes = ", ".join(f"{k}={v}" for k, v in sorted(self.by_class.items())) or "none"
-        return (f"redriven {self.redriven} ({classes}); skipped by filters {self.filtered_out}; "
-                f"stopped by the loop guard {self.loop_guarded}")
+        return (
+            f"redriven {self.redriven} ({classes}); skipped by filters {self.filtered_out}; "
+            f"stopped by the loop guard {self.loop_guarded}"
+        )
 
 
 def parse_time(text: str | None) -> int | None:
@@ -97,13 +101,25 @@ def redrive(
     dlq = settings.dlq_topic(source_topic)
     group = group or f"{settings.group_id}.redrive"
     conf = settings.kafka.librdkafka()
-    consumer = Consumer({**conf, "group.id": group, "enable.auto.commit": False,
-                         "auto.offset.reset": "earliest", "isolation.level": "read_committed",
-                         "enable.partition.eof": True})
+    consumer = Consumer(
+        {
+            **conf,
+            "group.id": group,
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed",
+            "enable.partition.eof": True,
+        }
+    )
     producer: Producer | None = None
     if not dry_run:
-        producer = Producer({**conf, "transactional.id": f"{group}.{settings.instance_id}",
-                             "enable.idempotence": True})
+        producer = Producer(
+            {
+                **conf,
+                "transactional.id": f"{group}.{settings.instance_id}",
+                "enable.idempotence": True,
+            }
+        )
         producer.init_transactions(30)
     report = RedriveReport()
     try:
@@ -113,13 +129,16 @@ def redrive(
             return report
         partitions = sorted(meta.partitions)
         # Stop at the end as it is now, so replays that fail again are not re-read.
-        ends = {p: consumer.get_watermark_offsets(TopicPartition(dlq, p), timeout=10)[1]
-                for p in partitions}
+        ends = {
+            p: consumer.get_watermark_offsets(TopicPartition(dlq, p), timeout=10)[1]
+            for p in partitions
+        }
         committed = consumer.committed([TopicPartition(dlq, p) for p in partitions], timeout=10)
         starts = {tp.partition: max(tp.offset, 0) for tp in committed}
         total = sum(max(0, ends[p] - starts[p]) for p in partitions)
-        consumer.assign([TopicPartition(dlq, p, starts[p]) for p in partitions
-                         if starts[p] < ends[p]])
+        consumer.assign(
+            [TopicPartition(dlq, p, starts[p]) for p in partitions if starts[p] < ends[p]]
+        )
         remaining = {p for p in partitions if starts[p] < ends[p]}
         seen = 0
         pending: list[Message] = []
@@ -151,8 +170,9 @@ def redrive(
                 if dry_run:
                     _list(msg, headers, out)
                 if len(pending) >= chunk:
-                    _flush(producer, consumer, source_topic, pending, last_offsets, dlq, report,
-                           rate)
+                    _flush(
+                        producer, consumer, source_topic, pending, last_offsets, dlq, report, rate
+                    )
                     pending = []
             _progress(seen, total, out)
         _flush(producer, consumer, source_topic, pending, last_offsets, dlq, report, rate)
@@ -164,17 +184,28 @@ def redrive(
 
 def _list(msg: Message, headers: dict[str, bytes], out: TextIO) -> None:
     failed = int(headers.get("imconnector.error.last_failure_ms", b"0") or 0)
-    when = datetime.fromtimestamp(failed / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S") \
-        if failed else "-"
-    out.write(f"  [{msg.partition()}@{msg.offset()}] {when} "
-              f"{headers.get('imconnector.error.class', b'?').decode()}/"
-              f"{headers.get('imconnector.error.code', b'?').decode()} "
-              f"chat={(msg.key() or b'').decode(errors='replace')} "
-              f"event={headers.get('imconnector.event_id', b'-').decode()}\n")
+    when = (
+        datetime.fromtimestamp(failed / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S") if failed else "-"
+    )
+    out.write(
+        f"  [{msg.partition()}@{msg.offset()}] {when} "
+        f"{headers.get('imconnector.error.class', b'?').decode()}/"
+        f"{headers.get('imconnector.error.code', b'?').decode()} "
+        f"chat={(msg.key() or b'').decode(errors='replace')} "
+        f"event={headers.get('imconnector.event_id', b'-').decode()}\n"
+    )
 
 
-def _flush(producer: Producer | None, consumer: Consumer, source: str, pending: list[Message],
-           last_offsets: dict[int, int], dlq: str, report: RedriveReport, rate: float) -> None:
+def _flush(
+    producer: Producer | None,
+    consumer: Consumer,
+    source: str,
+    pending: list[Message],
+    last_offsets: dict[int, int],
+    dlq: str,
+    report: RedriveReport,
+    rate: float,
+) -> None:
     """Produce one chunk and commit the DLQ offsets read so far, in one transaction."""
     if producer is None:  # dry run: count, commit nothing
         for msg in pending:
@@ -187,8 +218,9 @@ def _flush(producer: Producer | None, consumer: Consumer, source: str, pending: 
         count = int(_header(msg, REDRIVE_HEADER) or 0)
         headers.append((REDRIVE_HEADER, str(count + 1).encode()))
         partition = int(_header(msg, "__connect.errors.partition") or msg.partition())
-        producer.produce(source, key=msg.key(), value=msg.value(), headers=headers,
-                         partition=partition)
+        producer.produce(
+            source, key=msg.key(), value=msg.value(), headers=headers, partition=partition
+        )
         report.redriven += 1
         report.by_class[_header(msg, "imconnector.error.class")] += 1
         if rate > 0:

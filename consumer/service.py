@@ -37,7 +37,9 @@ def build_engine(
         return BitrixClient(settings.portals, settings.http, store, on_refresh=on_refresh)
 
     dispatcher = Dispatcher(
-        client_factory, settings.retry, metrics,
+        client_factory,
+        settings.retry,
+        metrics,
         max_in_flight=settings.engine.max_in_flight_requests,
         unknown_outcome_policy=settings.engine.unknown_outcome_policy,
     )
@@ -48,8 +50,9 @@ def run_service(settings: Settings) -> int:
     """Run until SIGTERM/SIGINT; drain within the grace period; return the exit code."""
     metrics = Metrics(version=__version__)
     engine = build_engine(settings, metrics)
-    ops = OpsServer(metrics, lambda: engine.ready, host=settings.http_host,
-                    port=settings.http_port).start()
+    ops = OpsServer(
+        metrics, lambda: engine.ready, host=settings.http_host, port=settings.http_port
+    ).start()
     logger.info("metrics and probes on :%d (/metrics, /healthz, /readyz)", ops.port)
     stopping = threading.Event()
 

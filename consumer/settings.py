@@ -49,8 +49,10 @@ class KafkaSettings(BaseModel):
     ssl_ca_location: str | None = None
     group_protocol: Literal["classic", "consumer"] = "classic"
     static_membership: bool = Field(
-        default=True, description="group.instance.id = instance_id: a restarted replica "
-        "takes its partitions back without a rebalance")
+        default=True,
+        description="group.instance.id = instance_id: a restarted replica "
+        "takes its partitions back without a rebalance",
+    )
     statistics_interval_ms: int = Field(default=15000, ge=0)
     config: dict[str, str] = Field(default_factory=dict)
 
@@ -93,8 +95,9 @@ class PortalSettings(BaseModel):
     rate_drain: float = Field(default=2.0, gt=0, description="leaky bucket drain, req/s")
     rate_burst: int = Field(default=50, ge=1)
     rate_share: float = Field(default=1.0, gt=0, le=1, description="share for this replica")
-    operating_limit: float = Field(default=480.0, gt=0,
-                                   description="per-method seconds per 10 min (time.operating)")
+    operating_limit: float = Field(
+        default=480.0, gt=0, description="per-method seconds per 10 min (time.operating)"
+    )
 
     @field_validator("rest_url")
     @classmethod
@@ -147,15 +150,21 @@ class Settings(BaseSettings):
     """Everything the service reads at start."""
 
     model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid",
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
         case_sensitive=False,
     )
 
     kafka: KafkaSettings
-    source_topics: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["chat-events"], min_length=1)
+    source_topics: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["chat-events"], min_length=1
+    )
     group_id: str = "imconnector-consumer"
-    instance_id: str = Field(default_factory=socket.gethostname,
-                             description="stable per replica: the transactional id suffix")
+    instance_id: str = Field(
+        default_factory=socket.gethostname,
+        description="stable per replica: the transactional id suffix",
+    )
     schema_registry_url: str | None = None
     dlq_topic_template: str = "{topic}.dlq"
     outcomes_topic: str = "imconnector.outcomes"
@@ -192,8 +201,9 @@ class Settings(BaseSettings):
             try:
                 template.format(topic="t", group="g")
             except (KeyError, IndexError, ValueError) as exc:
-                raise ValueError(f"{name} {template!r} may only use {{topic}} and {{group}}") \
-                    from exc
+                raise ValueError(
+                    f"{name} {template!r} may only use {{topic}} and {{group}}"
+                ) from exc
         return self
 
     @classmethod
@@ -231,8 +241,9 @@ def _describe(error: dict[str, Any]) -> str:
     message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
     if error.get("type") == "missing":
         if [part.lower() for part in loc] in (["kafka"], ["kafka", "bootstrap_servers"]):
-            return (f"{ENV_PREFIX}KAFKA__BOOTSTRAP_SERVERS is required: set it to "
-                    "host:port[,host:port]")
+            return (
+                f"{ENV_PREFIX}KAFKA__BOOTSTRAP_SERVERS is required: set it to host:port[,host:port]"
+            )
         return f"{name} is required: set it in the environment or the YAML config file"
     if error.get("type") == "extra_forbidden":
         return f"{name} is not a known setting (check the spelling; see README 'Configuration')"
@@ -244,14 +255,16 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
     if config_file is not None:
         path = Path(config_file)
         if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist (--config / "
-                              f"{ENV_PREFIX}CONFIG_FILE)")
+            raise ConfigError(
+                f"config file {path} does not exist (--config / {ENV_PREFIX}CONFIG_FILE)"
+            )
         os.environ[f"{ENV_PREFIX}CONFIG_FILE"] = str(path)
     try:
         return Settings(**overrides)
     except SettingsError as exc:
-        raise ConfigError(f"{exc} (complex settings such as IMCONNECTOR_PORTALS take JSON)") \
-            from None
+        raise ConfigError(
+            f"{exc} (complex settings such as IMCONNECTOR_PORTALS take JSON)"
+        ) from None
     except ValidationError as exc:
         errors = exc.errors()
         first = _describe(dict(errors[0]))

@@ -38,18 +38,44 @@ class PendingCall:
 
     def to_json(self) -> list[Any]:
         """Compact positional form for the changelog."""
-        return [self.event_id, self.seq, self.kind, self.method, self.element, self.occurred_at,
-                list(self.origin), self.raw.hex(), self.raw_key.hex(),
-                [[k, v.hex()] for k, v in self.headers], self.status, self.attempts,
-                self.first_failure_ms, self.held_since_ms, self.redrive_count]
+        return [
+            self.event_id,
+            self.seq,
+            self.kind,
+            self.method,
+            self.element,
+            self.occurred_at,
+            list(self.origin),
+            self.raw.hex(),
+            self.raw_key.hex(),
+            [[k, v.hex()] for k, v in self.headers],
+            self.status,
+            self.attempts,
+            self.first_failure_ms,
+            self.held_since_ms,
+            self.redrive_count,
+        ]
 
     @classmethod
     def from_json(cls, data: list[Any]) -> PendingCall:
         """Inverse of `to_json`."""
-        return cls(data[0], data[1], data[2], data[3], data[4], data[5],
-                   (data[6][0], data[6][1], data[6][2]), bytes.fromhex(data[7]),
-                   bytes.fromhex(data[8]), tuple((k, bytes.fromhex(v)) for k, v in data[9]),
-                   data[10], data[11], data[12], data[13], data[14])
+        return cls(
+            data[0],
+            data[1],
+            data[2],
+            data[3],
+            data[4],
+            data[5],
+            (data[6][0], data[6][1], data[6][2]),
+            bytes.fromhex(data[7]),
+            bytes.fromhex(data[8]),
+            tuple((k, bytes.fromhex(v)) for k, v in data[9]),
+            data[10],
+            data[11],
+            data[12],
+            data[13],
+            data[14],
+        )
 
 
 @dataclass(slots=True)

@@ -26,13 +26,37 @@ from consumer.events import (
     ReadConfirmed,
 )
 
-FIRST_NAMES = ("Anna", "Boris", "Chen", "Dana", "Emil", "Fatima", "Goran", "Hana", "Ivan",
-               "Julia", "Kemal", "Lena", "Marco", "Nadia", "Oleg", "Priya")
+FIRST_NAMES = (
+    "Anna",
+    "Boris",
+    "Chen",
+    "Dana",
+    "Emil",
+    "Fatima",
+    "Goran",
+    "Hana",
+    "Ivan",
+    "Julia",
+    "Kemal",
+    "Lena",
+    "Marco",
+    "Nadia",
+    "Oleg",
+    "Priya",
+)
 LAST_NAMES = ("Ivanova", "Schmidt", "Garcia", "Kowalski", "Nguyen", "Okafor", "Rossi", "Sato")
-TEXTS = ("Hello, I have a question about my order", "Is delivery possible tomorrow?",
-         "Thanks!", "Can you send the invoice again?", "The parcel arrived damaged",
-         "What are your opening hours?", "[b]Urgent[/b]: please call me back",
-         "Order #{n} still not shipped", "Could I change the address?", "ok")
+TEXTS = (
+    "Hello, I have a question about my order",
+    "Is delivery possible tomorrow?",
+    "Thanks!",
+    "Can you send the invoice again?",
+    "The parcel arrived damaged",
+    "What are your opening hours?",
+    "[b]Urgent[/b]: please call me back",
+    "Order #{n} still not shipped",
+    "Could I change the address?",
+    "ok",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,12 +71,22 @@ class Mix:
     read: int = 10
 
 
-def chat_script(rng: random.Random, portal: str, connector: str, line: int, chat_id: str,
-                n_events: int, mix: Mix = Mix(), with_sequence: bool = True,
-                start_ms: int | None = None, first_sequence: int = 1) -> list[ChatEvent]:
+def chat_script(
+    rng: random.Random,
+    portal: str,
+    connector: str,
+    line: int,
+    chat_id: str,
+    n_events: int,
+    mix: Mix = Mix(),
+    with_sequence: bool = True,
+    start_ms: int | None = None,
+    first_sequence: int = 1,
+) -> list[ChatEvent]:
     """The events of one chat in order (sequence first..first+n-1 when `with_sequence`)."""
-    user = ExternalUser(id=f"user-{chat_id}", name=rng.choice(FIRST_NAMES),
-                        last_name=rng.choice(LAST_NAMES))
+    user = ExternalUser(
+        id=f"user-{chat_id}", name=rng.choice(FIRST_NAMES), last_name=rng.choice(LAST_NAMES)
+    )
     at = start_ms if start_ms is not None else int(time.time() * 1000)
     sent: list[str] = []
     im_message = rng.randint(1000, 9000)
@@ -68,37 +102,62 @@ def chat_script(rng: random.Random, portal: str, connector: str, line: int, chat
         if kind == "send":
             message_id = f"{chat_id}-m{number}"
             sent.append(message_id)
-            files = (File(f"https://files.example.com/{message_id}.jpg", "photo.jpg"),) \
-                if rng.random() < 0.05 else ()
-            payload = MessageSent(message_id=message_id,
-                                  text=rng.choice(TEXTS).format(n=rng.randint(100, 999)),
-                                  files=files)
+            files = (
+                (File(f"https://files.example.com/{message_id}.jpg", "photo.jpg"),)
+                if rng.random() < 0.05
+                else ()
+            )
+            payload = MessageSent(
+                message_id=message_id,
+                text=rng.choice(TEXTS).format(n=rng.randint(100, 999)),
+                files=files,
+            )
         elif kind == "edit":
-            payload = MessageEdited(message_id=rng.choice(sent), text="(edited) " +
-                                    rng.choice(TEXTS).format(n=index))
+            payload = MessageEdited(
+                message_id=rng.choice(sent), text="(edited) " + rng.choice(TEXTS).format(n=index)
+            )
         elif kind == "delete":
             payload = MessageDeleted(message_id=rng.choice(sent))
         elif kind == "rename":
             payload = ChatRenamed(name=f"{user.name} {user.last_name} #{index}")
         elif kind == "delivery":
             im_message += 1
-            payload = DeliveryConfirmed(im_chat_id=zlib.crc32(chat_id.encode()) % 100000,
-                                        im_message_id=im_message,
-                                        message_ids=(f"op-{chat_id}-{im_message}",),
-                                        delivered_at=at)
+            payload = DeliveryConfirmed(
+                im_chat_id=zlib.crc32(chat_id.encode()) % 100000,
+                im_message_id=im_message,
+                message_ids=(f"op-{chat_id}-{im_message}",),
+                delivered_at=at,
+            )
         else:
-            payload = ReadConfirmed(im_chat_id=zlib.crc32(chat_id.encode()) % 100000, im_message_id=im_message,
-                                    message_ids=(f"op-{chat_id}-{im_message}",))
+            payload = ReadConfirmed(
+                im_chat_id=zlib.crc32(chat_id.encode()) % 100000,
+                im_message_id=im_message,
+                message_ids=(f"op-{chat_id}-{im_message}",),
+            )
         at += rng.randint(1, 5)
-        events.append(ChatEvent(
-            event_id=str(uuid.UUID(int=rng.getrandbits(128), version=4)), portal=portal,
-            connector=connector, line=line, chat_id=chat_id, occurred_at=at, payload=payload,
-            sequence=number if with_sequence else None, user=user))
+        events.append(
+            ChatEvent(
+                event_id=str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+                portal=portal,
+                connector=connector,
+                line=line,
+                chat_id=chat_id,
+                occurred_at=at,
+                payload=payload,
+                sequence=number if with_sequence else None,
+                user=user,
+            )
+        )
     return events
 
 
-def interleave(scripts: list[list[ChatEvent]], rng: random.Random, *,
-               duplicate_rate: float = 0.0, reorder_rate: float = 0.0) -> list[ChatEvent]:
+def interleave(
+    scripts: list[list[ChatEvent]],
+    rng: random.Random,
+    *,
+    duplicate_rate: float = 0.0,
+    reorder_rate: float = 0.0,
+) -> list[ChatEvent]:
     """Mix chats randomly (order within a chat kept), then inject duplicates and swaps.
 
     A duplicate is a second copy of an event placed later; a reorder swaps an event with

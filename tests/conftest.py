@@ -6,6 +6,7 @@ broker (`ops/kafka/local-kafka.sh start`, which reuses one that is already up).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import uuid
@@ -56,7 +57,5 @@ def topic_factory(kafka_bootstrap: str) -> Iterator[Callable[..., str]]:
     yield make
     if created:
         for future in admin.delete_topics(created).values():
-            try:
+            with contextlib.suppress(Exception):  # cleanup is best effort
                 future.result(30)
-            except Exception:  # noqa: BLE001 - cleanup is best effort
-                pass

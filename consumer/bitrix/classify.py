@@ -26,12 +26,14 @@ AUTH_CODES = frozenset({"expired_token", "invalid_token", "NO_AUTH_FOUND"})
 CAUSAL_CODES = frozenset({"CHAT_RENAMING_FAILED"})
 # Server-side trouble that is worth retrying; OVERLOAD_LIMIT is a manual block, so it is
 # retried slowly (the breaker opens) rather than dead-lettered.
-TRANSIENT_CODES = frozenset({"INTERNAL_SERVER_ERROR", "ERROR_UNEXPECTED_ANSWER", "OVERLOAD_LIMIT",
-                             "CONNECTION_ERROR"})
+TRANSIENT_CODES = frozenset(
+    {"INTERNAL_SERVER_ERROR", "ERROR_UNEXPECTED_ANSWER", "OVERLOAD_LIMIT", "CONNECTION_ERROR"}
+)
 
 
-def classify_error(http_status: int, code: str | None, description: str | None,
-                   retry_after: float | None = None) -> BitrixError:
+def classify_error(
+    http_status: int, code: str | None, description: str | None, retry_after: float | None = None
+) -> BitrixError:
     """The exception for a failed call with this HTTP status and Bitrix24 error code."""
     text = f"{code or 'HTTP ' + str(http_status)}: {description or ''}".strip().rstrip(":")
     kwargs: dict[str, Any] = {"code": code, "http_status": http_status, "retry_after": retry_after}
@@ -69,17 +71,29 @@ def check_response(response: httpx.Response) -> dict[str, Any]:
     except ValueError:
         body = None
     if not isinstance(body, dict):
-        raise classify_error(response.status_code if response.status_code != 200 else 502,
-                             None, "response is not a JSON object", _retry_after(response))
+        raise classify_error(
+            response.status_code if response.status_code != 200 else 502,
+            None,
+            "response is not a JSON object",
+            _retry_after(response),
+        )
     if response.status_code != 200 or "error" in body:
-        raise classify_error(response.status_code, body.get("error"),
-                             body.get("error_description"), _retry_after(response))
+        raise classify_error(
+            response.status_code,
+            body.get("error"),
+            body.get("error_description"),
+            _retry_after(response),
+        )
     result = body.get("result")
     # Older servers: whole-call failure as HTTP 200 with result.SUCCESS == false.
     if isinstance(result, dict) and result.get("SUCCESS") is False:
         code = result.get("error") or result.get("ERROR_CODE") or "SUCCESS_FALSE"
-        raise classify_error(400, str(code), result.get("error_description") or
-                             str(result.get("ERRORS") or result.get("error_description") or ""))
+        raise classify_error(
+            400,
+            str(code),
+            result.get("error_description")
+            or str(result.get("ERRORS") or result.get("error_description") or ""),
+        )
     return body
 
 
@@ -128,6 +142,5 @@ def classify_transport(exc: httpx.HTTPError) -> BitrixError:
     """Transport failures: before the request left (safe) or after (ambiguous)."""
     name = type(exc).__name__
     if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout):
-        return TransientError(f"{name}: request never reached the portal ({exc})"[:300],
-                              code=name)
+        return TransientError(f"{name}: request never reached the portal ({exc})"[:300], code=name)
     return AmbiguousError(f"{name}: the request may have been applied ({exc})"[:300], code=name)

@@ -25,7 +25,9 @@ def seed_tokens(settings: PortalSettings) -> TokenSet | None:
     return TokenSet(
         access_token=settings.access_token.get_secret_value(),
         refresh_token=settings.refresh_token.get_secret_value(),
-        expires_at=0.0, client_endpoint=settings.rest_url, issued_at=0.0,
+        expires_at=0.0,
+        client_endpoint=settings.rest_url,
+        issued_at=0.0,
     )
 
 
@@ -40,20 +42,30 @@ class BitrixClient:
         *,
         on_refresh: object = None,
     ) -> None:
-        timeout = httpx.Timeout(http_settings.read_timeout_s,
-                                connect=http_settings.connect_timeout_s)
-        limits = httpx.Limits(max_connections=http_settings.max_connections,
-                              max_keepalive_connections=http_settings.max_connections)
+        timeout = httpx.Timeout(
+            http_settings.read_timeout_s, connect=http_settings.connect_timeout_s
+        )
+        limits = httpx.Limits(
+            max_connections=http_settings.max_connections,
+            max_keepalive_connections=http_settings.max_connections,
+        )
         self._http = httpx.AsyncClient(
-            timeout=timeout, limits=limits,
+            timeout=timeout,
+            limits=limits,
             headers={"User-Agent": http_settings.user_agent, "Accept": "application/json"},
         )
         self.portals = portals
         self.tokens: dict[str, PortalTokens] = {
             name: PortalTokens(
-                name, seed_tokens(cfg), oauth_url=cfg.oauth_url, client_id=cfg.client_id,
-                client_secret=cfg.client_secret.get_secret_value(), store=store,
-                http=self._http, on_refresh=on_refresh)
+                name,
+                seed_tokens(cfg),
+                oauth_url=cfg.oauth_url,
+                client_id=cfg.client_id,
+                client_secret=cfg.client_secret.get_secret_value(),
+                store=store,
+                http=self._http,
+                on_refresh=on_refresh,
+            )
             for name, cfg in portals.items()
         }
 
@@ -75,15 +87,19 @@ class BitrixClient:
             endpoint = current.client_endpoint or self.portals[portal].rest_url
             try:
                 response = await self._http.post(
-                    f"{endpoint}{method}", json={**params, "auth": current.access_token})
+                    f"{endpoint}{method}", json={**params, "auth": current.access_token}
+                )
             except httpx.HTTPError as exc:
                 raise classify_transport(exc) from None
             try:
                 return check_response(response)
             except AuthError as exc:
                 if attempt == 2:
-                    raise AuthFailed(f"still unauthorised after a token refresh: {exc}",
-                                     code=exc.code, http_status=exc.http_status) from None
+                    raise AuthFailed(
+                        f"still unauthorised after a token refresh: {exc}",
+                        code=exc.code,
+                        http_status=exc.http_status,
+                    ) from None
                 await tokens.refresh(current.access_token)
         raise AssertionError("unreachable")
 

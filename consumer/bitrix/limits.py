@@ -137,8 +137,11 @@ class CircuitBreaker:
         if len(self.results) > self.window:
             self.results.popleft()
         failures = sum(1 for r in self.results if not r)
-        if (self.state == CLOSED and len(self.results) >= self.min_calls
-                and failures >= self.failure_ratio * len(self.results)):
+        if (
+            self.state == CLOSED
+            and len(self.results) >= self.min_calls
+            and failures >= self.failure_ratio * len(self.results)
+        ):
             self.state = OPEN
             self.opened_at = now
             self.current_cooldown = self.cooldown

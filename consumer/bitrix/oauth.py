@@ -96,8 +96,11 @@ class PortalTokens:
         self._lock = asyncio.Lock()
         self._on_refresh = on_refresh
         stored = store.load(portal)
-        self._tokens = stored if stored is not None and (
-            initial is None or stored.issued_at >= initial.issued_at) else initial
+        self._tokens = (
+            stored
+            if stored is not None and (initial is None or stored.issued_at >= initial.issued_at)
+            else initial
+        )
 
     def current(self) -> TokenSet:
         """The pair to call with now."""
@@ -105,7 +108,8 @@ class PortalTokens:
             raise AuthFailed(
                 f"no OAuth tokens for portal {self.portal!r}: seed them with "
                 "'imconnector-consumer tokens seed' or set access_token/refresh_token",
-                code="NO_TOKENS")
+                code="NO_TOKENS",
+            )
         return self._tokens
 
     async def refresh(self, failed_access_token: str) -> TokenSet:
@@ -114,8 +118,11 @@ class PortalTokens:
             if self._tokens is not None and self._tokens.access_token != failed_access_token:
                 return self._tokens  # another call refreshed while we waited
             adopted = await asyncio.to_thread(self._store.load, self.portal)
-            if adopted is not None and adopted.access_token != failed_access_token and (
-                    self._tokens is None or adopted.issued_at > self._tokens.issued_at):
+            if (
+                adopted is not None
+                and adopted.access_token != failed_access_token
+                and (self._tokens is None or adopted.issued_at > self._tokens.issued_at)
+            ):
                 self._tokens = adopted
                 self._count("adopted")
                 return adopted
@@ -144,32 +151,45 @@ class PortalTokens:
             self._on_refresh(result)
 
     async def _request(self, refresh_token: str) -> TokenSet:
-        params = {"grant_type": "refresh_token", "client_id": self._client_id,
-                  "client_secret": self._client_secret, "refresh_token": refresh_token}
+        params = {
+            "grant_type": "refresh_token",
+            "client_id": self._client_id,
+            "client_secret": self._client_secret,
+            "refresh_token": refresh_token,
+        }
         try:
             response = await self._http.get(self._oauth_url, params=params)
         except httpx.HTTPError as exc:
-            raise TransientError(f"OAuth server unreachable: {type(exc).__name__}",
-                                 code="OAUTH_UNREACHABLE") from None
+            raise TransientError(
+                f"OAuth server unreachable: {type(exc).__name__}", code="OAUTH_UNREACHABLE"
+            ) from None
         try:
             body = response.json()
         except ValueError:
             body = {}
         if response.status_code >= 500:
-            raise TransientError(f"OAuth server answered HTTP {response.status_code}",
-                                 code="OAUTH_5XX", http_status=response.status_code)
+            raise TransientError(
+                f"OAuth server answered HTTP {response.status_code}",
+                code="OAUTH_5XX",
+                http_status=response.status_code,
+            )
         if response.status_code != 200 or "access_token" not in body:
             code = str(body.get("error", f"HTTP_{response.status_code}"))
             raise AuthFailed(
                 f"token refresh for portal {self.portal!r} failed with {code}: "
                 f"{body.get('error_description', '')} — re-seed the tokens "
-                "('imconnector-consumer tokens seed')", code=code,
-                http_status=response.status_code)
+                "('imconnector-consumer tokens seed')",
+                code=code,
+                http_status=response.status_code,
+            )
         now = time.time()
         return TokenSet(
-            access_token=body["access_token"], refresh_token=body["refresh_token"],
+            access_token=body["access_token"],
+            refresh_token=body["refresh_token"],
             expires_at=float(body.get("expires") or now + float(body.get("expires_in", 3600))),
-            client_endpoint=str(body.get("client_endpoint") or
-                                (self._tokens.client_endpoint if self._tokens else "")),
+            client_endpoint=str(
+                body.get("client_endpoint")
+                or (self._tokens.client_endpoint if self._tokens else "")
+            ),
             issued_at=now,
         )

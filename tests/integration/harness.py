@@ -30,8 +30,12 @@ PORTAL = "portal-a"
 FINAL = {"applied", "dead_lettered", "moot", "superseded", "skipped"}
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = 60.0, what: str = "condition",
-               interval: float = 0.05) -> Any:
+def wait_until(
+    predicate: Callable[[], Any],
+    timeout: float = 60.0,
+    what: str = "condition",
+    interval: float = 0.05,
+) -> Any:
     """Poll `predicate` until truthy; fail with `what` after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:
@@ -43,29 +47,54 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 60.0, what: str = 
         time.sleep(interval)
 
 
-def portal_settings(sim: SimulatorServer, tokens: dict[str, Any] | None = None,
-                    **extra: Any) -> dict[str, Any]:
+def portal_settings(
+    sim: SimulatorServer, tokens: dict[str, Any] | None = None, **extra: Any
+) -> dict[str, Any]:
     """Settings of one portal backed by `sim` (tokens freshly issued unless given)."""
     tokens = tokens or sim.issue_tokens()
-    return {"rest_url": f"{sim.url}/rest/", "oauth_url": f"{sim.url}/oauth/token/",
-            "client_id": sim.config.client_id, "client_secret": sim.config.client_secret,
-            "access_token": tokens["access_token"], "refresh_token": tokens["refresh_token"],
-            "rate_drain": 1000.0, "rate_burst": 1000, **extra}
+    return {
+        "rest_url": f"{sim.url}/rest/",
+        "oauth_url": f"{sim.url}/oauth/token/",
+        "client_id": sim.config.client_id,
+        "client_secret": sim.config.client_secret,
+        "access_token": tokens["access_token"],
+        "refresh_token": tokens["refresh_token"],
+        "rate_drain": 1000.0,
+        "rate_burst": 1000,
+        **extra,
+    }
 
 
-def make_settings(bootstrap: str, topic: str, group: str, sim: SimulatorServer,
-                  portals: dict[str, Any] | None = None, **overrides: Any) -> Settings:
+def make_settings(
+    bootstrap: str,
+    topic: str,
+    group: str,
+    sim: SimulatorServer,
+    portals: dict[str, Any] | None = None,
+    **overrides: Any,
+) -> Settings:
     """Settings for one test: its own topic, group and topics derived from them."""
-    engine = {"commit_interval_ms": 20, "gap_timeout_s": 10.0, "batch_size": 50,
-              **overrides.pop("engine", {})}
+    engine = {
+        "commit_interval_ms": 20,
+        "gap_timeout_s": 10.0,
+        "batch_size": 50,
+        **overrides.pop("engine", {}),
+    }
     return Settings(
         kafka={"bootstrap_servers": bootstrap, "statistics_interval_ms": 1000},
-        source_topics=[topic], group_id=group, instance_id=overrides.pop("instance_id", "i1"),
+        source_topics=[topic],
+        group_id=group,
+        instance_id=overrides.pop("instance_id", "i1"),
         schema_registry_url=f"{sim.url}/registry",
-        outcomes_topic=f"{topic}.outcomes", tokens_topic=f"{topic}.tokens",
+        outcomes_topic=f"{topic}.outcomes",
+        tokens_topic=f"{topic}.tokens",
         portals=portals or {PORTAL: portal_settings(sim)},
-        engine=engine, retry=overrides.pop("retry", {"base_delay_s": 0.01, "max_delay_s": 0.2}),
-        http_port=0, shutdown_grace_s=overrides.pop("shutdown_grace_s", 5.0), **overrides)
+        engine=engine,
+        retry=overrides.pop("retry", {"base_delay_s": 0.01, "max_delay_s": 0.2}),
+        http_port=0,
+        shutdown_grace_s=overrides.pop("shutdown_grace_s", 5.0),
+        **overrides,
+    )
 
 
 class EngineThread:
@@ -73,8 +102,9 @@ class EngineThread:
 
     def __init__(self, settings: Settings, token_store: TokenStore | None = None) -> None:
         self.metrics = Metrics(CollectorRegistry())
-        self.engine: Engine = build_engine(settings, self.metrics,
-                                           token_store=token_store or MemoryTokenStore())
+        self.engine: Engine = build_engine(
+            settings, self.metrics, token_store=token_store or MemoryTokenStore()
+        )
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)
 
@@ -100,17 +130,27 @@ class EngineThread:
             raise AssertionError(f"engine crashed: {self.error!r}") from self.error
 
     def outcome(self, name: str) -> float:
-        return self.metrics.registry.get_sample_value(
-            "imconnector_event_outcomes_total", {"outcome": name}) or 0.0
+        return (
+            self.metrics.registry.get_sample_value(
+                "imconnector_event_outcomes_total", {"outcome": name}
+            )
+            or 0.0
+        )
 
     def outcomes_total(self) -> float:
-        return sum(self.outcome(n) for n in ("applied", "duplicate", "superseded", "moot",
-                                             "skipped", "dead_lettered"))
+        return sum(
+            self.outcome(n)
+            for n in ("applied", "duplicate", "superseded", "moot", "skipped", "dead_lettered")
+        )
 
 
-def produce(bootstrap: str, topic: str, events: Iterable[ChatEvent],
-            encoders: list[ChatEventEncoder], headers: list[tuple[str, bytes]] | None = None
-            ) -> int:
+def produce(
+    bootstrap: str,
+    topic: str,
+    events: Iterable[ChatEvent],
+    encoders: list[ChatEventEncoder],
+    headers: list[tuple[str, bytes]] | None = None,
+) -> int:
     """Publish `events` keyed by chat, cycling through `encoders`; returns the count."""
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
     count = 0
@@ -129,12 +169,19 @@ def produce_raw(bootstrap: str, topic: str, key: bytes, value: bytes) -> None:
     assert producer.flush(30) == 0
 
 
-def read_all(bootstrap: str, topic: str, expect: int | None = None,
-             timeout: float = 30.0) -> list[Any]:
+def read_all(
+    bootstrap: str, topic: str, expect: int | None = None, timeout: float = 30.0
+) -> list[Any]:
     """Every committed record of `topic` (waiting until `expect` records are there)."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{time.time_ns()}",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False,
-                         "isolation.level": "read_committed"})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"reader-{time.time_ns()}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+        }
+    )
     meta = consumer.list_topics(topic, timeout=10).topics[topic]
     consumer.assign([TopicPartition(topic, p, 0) for p in meta.partitions])
     out: list[Any] = []
@@ -192,8 +239,9 @@ def expected_calls(script: list[ChatEvent]) -> list[tuple[str, str]]:
             on_event(state, item, new_call(item, state, ("t", 0, 0)), now, FoldConfig())
             while state.outbox:
                 head = state.outbox[0]
-                ident = str(head.element["NAME"]) if head.method == RENAME else \
-                    identity(head.element)
+                ident = (
+                    str(head.element["NAME"]) if head.method == RENAME else identity(head.element)
+                )
                 state_calls.append((head.method, ident))
                 on_success(state, head, None, now)
     return state_calls
@@ -213,8 +261,9 @@ def final_outcomes(bootstrap: str, topic: str) -> tuple[dict[str, str], Counter[
     return final, ambiguous
 
 
-def check_calls(sim: SimulatorServer, scripts: list[list[ChatEvent]],
-                 ambiguous: Counter[str]) -> int:
+def check_calls(
+    sim: SimulatorServer, scripts: list[list[ChatEvent]], ambiguous: Counter[str]
+) -> int:
     """Per chat: the applied calls are the expected ones in order; a call may repeat right
     after itself only if its event was recorded as ambiguous. Returns the repeats."""
     ident_to_event: dict[tuple[str, str, str], list[str]] = {}

@@ -44,40 +44,61 @@ KILLS = int(os.environ.get("CHAOS_KILLS", "4"))
 
 def test_chaos(kafka_bootstrap, topic_factory, unique, tmp_path):
     if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
-        pytest.fail("the chaos test restarts the broker: run it on the project's local broker "
-                    "(unset KAFKA_BOOTSTRAP_SERVERS)")
+        pytest.fail(
+            "the chaos test restarts the broker: run it on the project's local broker "
+            "(unset KAFKA_BOOTSTRAP_SERVERS)"
+        )
     started = time.monotonic()
     rng = random.Random(2026)
     per_chat = max(2, EVENTS // CHATS)
-    scripts = [chat_script(rng, PORTAL, CONNECTOR, LINE, f"chaos-{i}", per_chat,
-                           start_ms=1_764_000_000_000) for i in range(CHATS)]
+    scripts = [
+        chat_script(
+            rng, PORTAL, CONNECTOR, LINE, f"chaos-{i}", per_chat, start_ms=1_764_000_000_000
+        )
+        for i in range(CHATS)
+    ]
     events = interleave(scripts, rng, duplicate_rate=0.05, reorder_rate=0.05)
-    sim = SimulatorServer(SimulatorConfig(
-        preset_lines=[(CONNECTOR, LINE)], seed=7, error_rate=0.05, hang_rate=0.02,
-        hang_seconds=3.0, token_expiry_every=200, rate_limit_drain=40.0,
-        rate_limit_burst=60)).start()
+    sim = SimulatorServer(
+        SimulatorConfig(
+            preset_lines=[(CONNECTOR, LINE)],
+            seed=7,
+            error_rate=0.05,
+            hang_rate=0.02,
+            hang_seconds=3.0,
+            token_expiry_every=200,
+            rate_limit_drain=40.0,
+            rate_limit_burst=60,
+        )
+    ).start()
     topic = topic_factory(4)
     group = unique("chaos")
-    env = {**os.environ,
-           "IMCONNECTOR_KAFKA__BOOTSTRAP_SERVERS": kafka_bootstrap,
-           "IMCONNECTOR_SOURCE_TOPICS": topic, "IMCONNECTOR_GROUP_ID": group,
-           "IMCONNECTOR_INSTANCE_ID": "chaos-1", "IMCONNECTOR_HTTP_PORT": "0",
-           "IMCONNECTOR_OUTCOMES_TOPIC": f"{topic}.outcomes",
-           "IMCONNECTOR_TOKENS_TOPIC": f"{topic}.tokens",
-           "IMCONNECTOR_PORTALS": json.dumps({PORTAL: portal_settings(
-               sim, rate_drain=40.0, rate_burst=60)}),
-           "IMCONNECTOR_ENGINE__COMMIT_INTERVAL_MS": "50",
-           "IMCONNECTOR_HTTP__READ_TIMEOUT_S": "1.5",
-           "IMCONNECTOR_RETRY__MAX_ATTEMPTS": "25",
-           "IMCONNECTOR_RETRY__BASE_DELAY_S": "0.05",
-           "IMCONNECTOR_RETRY__MAX_DELAY_S": "1.0",
-           "IMCONNECTOR_LOG_FORMAT": "json", "IMCONNECTOR_LOG_LEVEL": "WARNING"}
+    env = {
+        **os.environ,
+        "IMCONNECTOR_KAFKA__BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "IMCONNECTOR_SOURCE_TOPICS": topic,
+        "IMCONNECTOR_GROUP_ID": group,
+        "IMCONNECTOR_INSTANCE_ID": "chaos-1",
+        "IMCONNECTOR_HTTP_PORT": "0",
+        "IMCONNECTOR_OUTCOMES_TOPIC": f"{topic}.outcomes",
+        "IMCONNECTOR_TOKENS_TOPIC": f"{topic}.tokens",
+        "IMCONNECTOR_PORTALS": json.dumps(
+            {PORTAL: portal_settings(sim, rate_drain=40.0, rate_burst=60)}
+        ),
+        "IMCONNECTOR_ENGINE__COMMIT_INTERVAL_MS": "50",
+        "IMCONNECTOR_HTTP__READ_TIMEOUT_S": "1.5",
+        "IMCONNECTOR_RETRY__MAX_ATTEMPTS": "25",
+        "IMCONNECTOR_RETRY__BASE_DELAY_S": "0.05",
+        "IMCONNECTOR_RETRY__MAX_DELAY_S": "1.0",
+        "IMCONNECTOR_LOG_FORMAT": "json",
+        "IMCONNECTOR_LOG_LEVEL": "WARNING",
+    }
     log = open(tmp_path / "consumer.log", "wb")  # noqa: SIM115 - closed below
     processes: list[subprocess.Popen[bytes]] = []
 
     def start() -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen([sys.executable, "-m", "consumer", "run"], env=env, stdout=log,
-                                stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "consumer", "run"], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
         processes.append(proc)
         return proc
 
@@ -85,26 +106,38 @@ def test_chaos(kafka_bootstrap, topic_factory, unique, tmp_path):
     outcomes_topic = f"{topic}.outcomes"
 
     def applied_elements() -> int:
-        return sum(len(r.params.get("MESSAGES", [1])) for r in sim.portal.call_records()
-                   if r.http_status == 200)
+        return sum(
+            len(r.params.get("MESSAGES", [1]))
+            for r in sim.portal.call_records()
+            if r.http_status == 200
+        )
 
     try:
         produce(kafka_bootstrap, topic, events, [ChatEventEncoder("single-object")])
         current = start()
         broker_restart_at = KILLS // 2
         for kill in range(KILLS):
-            target = applied_elements() + rng.randint(EVENTS // (KILLS * 4) + 1,
-                                                      EVENTS // (KILLS * 2) + 2)
-            wait_until(lambda t=target: applied_elements() >= t or current.poll() is not None,
-                       240, f"progress before kill {kill + 1}", interval=0.1)
+            target = applied_elements() + rng.randint(
+                EVENTS // (KILLS * 4) + 1, EVENTS // (KILLS * 2) + 2
+            )
+            wait_until(
+                lambda t=target, p=current: applied_elements() >= t or p.poll() is not None,
+                240,
+                f"progress before kill {kill + 1}",
+                interval=0.1,
+            )
             assert current.poll() is None, f"the consumer exited on its own: {_tail(tmp_path)}"
             current.send_signal(signal.SIGKILL)
             current.wait(30)
             if kill == broker_restart_at:
                 subprocess.run([str(ROOT / "ops/kafka/local-kafka.sh"), "restart"], check=True)
             current = start()
-        wait_until(lambda: len(final_outcomes(kafka_bootstrap, outcomes_topic)[0])
-                   >= len(distinct), 600, "a final outcome for every event", interval=2.0)
+        wait_until(
+            lambda: len(final_outcomes(kafka_bootstrap, outcomes_topic)[0]) >= len(distinct),
+            600,
+            "a final outcome for every event",
+            interval=2.0,
+        )
         current.send_signal(signal.SIGTERM)
         assert current.wait(90) == 0, _tail(tmp_path)
     finally:
@@ -129,11 +162,17 @@ def test_chaos(kafka_bootstrap, topic_factory, unique, tmp_path):
     records = sim.portal.call_records()
     faults = Counter(r.fault for r in records if r.fault)
     figures = {
-        "records": len(events), "events": len(distinct), "chats": CHATS, "kills": KILLS,
-        "broker_restarts": 1, "ambiguous_resends": sum(ambiguous.values()),
-        "repeated_calls_on_portal": repeats, "doubled_sends": doubled_sends,
+        "records": len(events),
+        "events": len(distinct),
+        "chats": CHATS,
+        "kills": KILLS,
+        "broker_restarts": 1,
+        "ambiguous_resends": sum(ambiguous.values()),
+        "repeated_calls_on_portal": repeats,
+        "doubled_sends": doubled_sends,
         "dead_letters": dict(dead),
-        "outcomes": dict(Counter(final.values())), "injected_faults": dict(faults),
+        "outcomes": dict(Counter(final.values())),
+        "injected_faults": dict(faults),
         "expired_tokens": sum(1 for r in records if r.error == "expired_token"),
         "throttled": sum(1 for r in records if r.error == "QUERY_LIMIT_EXCEEDED"),
         "wall_time_s": round(time.monotonic() - started, 1),

@@ -42,25 +42,43 @@ pytestmark = pytest.mark.kafka
 
 @pytest.fixture
 def sim():
-    with SimulatorServer(SimulatorConfig(preset_lines=[(CONNECTOR, LINE)],
-                                         rate_limit_enabled=False)) as server:
+    with SimulatorServer(
+        SimulatorConfig(preset_lines=[(CONNECTOR, LINE)], rate_limit_enabled=False)
+    ) as server:
         server.start()
         yield server
 
 
 def _event(chat: str, seq: int, payload, user: ExternalUser | None = None) -> ChatEvent:
-    return ChatEvent(event_id=str(uuid.uuid4()), portal=PORTAL, connector=CONNECTOR, line=LINE,
-                     chat_id=chat, occurred_at=1_764_000_000_000 + seq * 1000, payload=payload,
-                     sequence=seq, user=user or ExternalUser(id=f"user-{chat}", name="Anna",
-                                                             last_name="Ivanova",
-                                                             email="anna@example.com"))
+    return ChatEvent(
+        event_id=str(uuid.uuid4()),
+        portal=PORTAL,
+        connector=CONNECTOR,
+        line=LINE,
+        chat_id=chat,
+        occurred_at=1_764_000_000_000 + seq * 1000,
+        payload=payload,
+        sequence=seq,
+        user=user
+        or ExternalUser(
+            id=f"user-{chat}", name="Anna", last_name="Ivanova", email="anna@example.com"
+        ),
+    )
 
 
 def six_kinds(chat: str) -> list[ChatEvent]:
     return [
-        _event(chat, 1, MessageSent("m1", "Hello [b]there[/b]",
-                                    files=(File("https://files.example.com/a.png", "a.png"),),
-                                    chat_name="Support", chat_url="https://t.me/x")),
+        _event(
+            chat,
+            1,
+            MessageSent(
+                "m1",
+                "Hello [b]there[/b]",
+                files=(File("https://files.example.com/a.png", "a.png"),),
+                chat_name="Support",
+                chat_url="https://t.me/x",
+            ),
+        ),
         _event(chat, 2, ChatRenamed("VIP customer")),
         _event(chat, 3, MessageEdited("m1", "Hello again")),
         _event(chat, 4, DeliveryConfirmed(4242, 777, ("op-1", "op-2"), 1_764_000_009_000)),
@@ -70,36 +88,47 @@ def six_kinds(chat: str) -> list[ChatEvent]:
 
 
 @pytest.mark.parametrize("wire", ["single-object", "confluent"])
-def test_each_event_kind_reaches_the_portal_as_its_method(kafka_bootstrap, topic_factory,
-                                                          unique, sim, wire):
+def test_each_event_kind_reaches_the_portal_as_its_method(
+    kafka_bootstrap, topic_factory, unique, sim, wire
+):
     topic = topic_factory(3)
     settings = make_settings(kafka_bootstrap, topic, unique("g"), sim)
     chat = f"chat-{wire}"
-    with SchemaRegistryClient(f"{sim.url}/registry") as registry, \
-            EngineThread(settings) as running:
-        encoder = ChatEventEncoder(wire, registry if wire == "confluent" else None,
-                                   subject=f"{topic}-value")
+    with SchemaRegistryClient(f"{sim.url}/registry") as registry, EngineThread(settings) as running:
+        encoder = ChatEventEncoder(
+            wire, registry if wire == "confluent" else None, subject=f"{topic}-value"
+        )
         produce(kafka_bootstrap, topic, six_kinds(chat), [encoder])
         wait_until(lambda: running.outcome("applied") >= 6, 60, "six applied events")
     records = [r for r in sim.portal.call_records() if r.http_status == 200]
     by_method = {r.method: {k.upper(): v for k, v in r.params.items()} for r in records}
     assert [r.method for r in records] == [
-        "imconnector.send.messages", "imconnector.chat.name.set", "imconnector.update.messages",
-        "imconnector.send.status.delivery", "imconnector.send.status.reading",
-        "imconnector.delete.messages"]
+        "imconnector.send.messages",
+        "imconnector.chat.name.set",
+        "imconnector.update.messages",
+        "imconnector.send.status.delivery",
+        "imconnector.send.status.reading",
+        "imconnector.delete.messages",
+    ]
     for params in by_method.values():
         assert params["CONNECTOR"] == CONNECTOR and int(params["LINE"]) == LINE
     send = by_method["imconnector.send.messages"]["MESSAGES"][0]
-    assert send["user"] == {"id": f"user-{chat}", "name": "Anna", "last_name": "Ivanova",
-                            "email": "anna@example.com"}
+    assert send["user"] == {
+        "id": f"user-{chat}",
+        "name": "Anna",
+        "last_name": "Ivanova",
+        "email": "anna@example.com",
+    }
     assert send["message"]["id"] == "m1" and send["message"]["text"] == "Hello [b]there[/b]"
     assert send["message"]["date"] == 1_764_000_001
-    assert send["message"]["files"] == [{"url": "https://files.example.com/a.png",
-                                         "name": "a.png"}]
+    assert send["message"]["files"] == [{"url": "https://files.example.com/a.png", "name": "a.png"}]
     assert send["chat"] == {"id": chat, "name": "Support", "url": "https://t.me/x"}
     rename = by_method["imconnector.chat.name.set"]
     assert (rename["CHAT_ID"], rename["NAME"], rename["USER_ID"]) == (
-        chat, "VIP customer", f"user-{chat}")
+        chat,
+        "VIP customer",
+        f"user-{chat}",
+    )
     edit = by_method["imconnector.update.messages"]["MESSAGES"][0]
     assert edit["message"]["id"] == "m1" and edit["message"]["text"] == "Hello again"
     assert edit["chat"]["id"] == chat
@@ -117,7 +146,8 @@ def test_each_event_kind_reaches_the_portal_as_its_method(kafka_bootstrap, topic
 
 
 def test_poison_records_are_dead_lettered_and_the_partition_keeps_flowing(
-        kafka_bootstrap, topic_factory, unique, sim):
+    kafka_bootstrap, topic_factory, unique, sim
+):
     topic = topic_factory(1)
     settings = make_settings(kafka_bootstrap, topic, unique("g"), sim)
     encoder = ChatEventEncoder("single-object")
@@ -125,16 +155,21 @@ def test_poison_records_are_dead_lettered_and_the_partition_keeps_flowing(
     with EngineThread(settings) as running:
         produce_raw(kafka_bootstrap, topic, key, b"\x07not avro at all")
         produce_raw(kafka_bootstrap, topic, key, b"\x00" + struct.pack(">I", 999_999) + b"\x02")
-        produce(kafka_bootstrap, topic, [_event("chat-p", 1, MessageSent("m1", "after"))],
-                [encoder])
+        produce(
+            kafka_bootstrap, topic, [_event("chat-p", 1, MessageSent("m1", "after"))], [encoder]
+        )
         wait_until(lambda: running.outcome("applied") >= 1, 60, "the good record applied")
         assert running.outcome("dead_lettered") == 2
     dead = read_all(kafka_bootstrap, settings.dlq_topic(topic), expect=2)
-    assert [m.value() for m in dead] == [b"\x07not avro at all",
-                                         b"\x00" + struct.pack(">I", 999_999) + b"\x02"]
+    assert [m.value() for m in dead] == [
+        b"\x07not avro at all",
+        b"\x00" + struct.pack(">I", 999_999) + b"\x02",
+    ]
     headers = [dict(m.headers()) for m in dead]
-    assert [h["imconnector.error.code"] for h in headers] == [b"UNKNOWN_MAGIC",
-                                                               b"UNKNOWN_SCHEMA_ID"]
+    assert [h["imconnector.error.code"] for h in headers] == [
+        b"UNKNOWN_MAGIC",
+        b"UNKNOWN_SCHEMA_ID",
+    ]
     for h, offset in zip(headers, (b"0", b"1"), strict=True):
         assert h["imconnector.error.class"] == b"poison"
         assert h["__connect.errors.topic"] == topic.encode()
@@ -146,20 +181,34 @@ def test_poison_records_are_dead_lettered_and_the_partition_keeps_flowing(
 
 
 def test_shuffled_and_duplicated_events_give_exactly_the_expected_calls_in_order(
-        kafka_bootstrap, topic_factory, unique, sim):
+    kafka_bootstrap, topic_factory, unique, sim
+):
     topic = topic_factory(4)
     settings = make_settings(kafka_bootstrap, topic, unique("g"), sim)
     rng = random.Random(11)
-    scripts = [chat_script(rng, PORTAL, CONNECTOR, LINE, f"chat-{i}", rng.randint(3, 12),
-                           start_ms=1_764_000_000_000) for i in range(150)]
+    scripts = [
+        chat_script(
+            rng,
+            PORTAL,
+            CONNECTOR,
+            LINE,
+            f"chat-{i}",
+            rng.randint(3, 12),
+            start_ms=1_764_000_000_000,
+        )
+        for i in range(150)
+    ]
     events = interleave(scripts, rng, duplicate_rate=0.1, reorder_rate=0.1)
     with SchemaRegistryClient(f"{sim.url}/registry") as registry:
-        encoders = [ChatEventEncoder("single-object"),
-                    ChatEventEncoder("confluent", registry, subject=f"{topic}-value")]
+        encoders = [
+            ChatEventEncoder("single-object"),
+            ChatEventEncoder("confluent", registry, subject=f"{topic}-value"),
+        ]
     with EngineThread(settings) as running:
         produce(kafka_bootstrap, topic, events, encoders)
-        wait_until(lambda: running.outcomes_total() >= len(events), 120,
-                   "every record to reach an outcome")
+        wait_until(
+            lambda: running.outcomes_total() >= len(events), 120, "every record to reach an outcome"
+        )
         duplicates = running.outcome("duplicate")
     assert duplicates == len(events) - sum(len(s) for s in scripts)
     seen = applied_call_list(sim)

@@ -34,8 +34,11 @@ FAST_RETRY = {"base_delay_s": 0.01, "max_delay_s": 0.05, "max_attempts": 3}
 
 
 def start_sim(**config) -> SimulatorServer:
-    return SimulatorServer(SimulatorConfig(preset_lines=[(CONNECTOR, LINE)],
-                                           rate_limit_enabled=False, seed=1, **config)).start()
+    return SimulatorServer(
+        SimulatorConfig(
+            preset_lines=[(CONNECTOR, LINE)], rate_limit_enabled=False, seed=1, **config
+        )
+    ).start()
 
 
 @pytest.fixture
@@ -45,16 +48,33 @@ def sim():
     server.stop()
 
 
-def ev(chat: str, seq: int, payload, portal: str = PORTAL, line: int = LINE,
-       user: str | None = None, name: str = "Anna") -> ChatEvent:
-    return ChatEvent(event_id=str(uuid.uuid4()), portal=portal, connector=CONNECTOR, line=line,
-                     chat_id=chat, occurred_at=1_764_000_000_000 + seq, payload=payload,
-                     sequence=seq, user=ExternalUser(id=user or f"u-{chat}", name=name))
+def ev(
+    chat: str,
+    seq: int,
+    payload,
+    portal: str = PORTAL,
+    line: int = LINE,
+    user: str | None = None,
+    name: str = "Anna",
+) -> ChatEvent:
+    return ChatEvent(
+        event_id=str(uuid.uuid4()),
+        portal=portal,
+        connector=CONNECTOR,
+        line=line,
+        chat_id=chat,
+        occurred_at=1_764_000_000_000 + seq,
+        payload=payload,
+        sequence=seq,
+        user=ExternalUser(id=user or f"u-{chat}", name=name),
+    )
 
 
 def sends(chat: str, n: int, portal: str = PORTAL, start: int = 1) -> list[ChatEvent]:
-    return [ev(chat, seq, MessageSent(f"{chat}-m{seq}", f"text {seq}"), portal)
-            for seq in range(start, start + n)]
+    return [
+        ev(chat, seq, MessageSent(f"{chat}-m{seq}", f"text {seq}"), portal)
+        for seq in range(start, start + n)
+    ]
 
 
 def headers_of(msg) -> dict[str, bytes]:
@@ -65,15 +85,20 @@ def test_transient_5xx_is_retried_until_applied(kafka_bootstrap, topic_factory, 
     sim = start_sim(error_rate=0.3)
     try:
         topic = topic_factory(2)
-        settings = make_settings(kafka_bootstrap, topic, unique("g"), sim,
-                                 retry={"base_delay_s": 0.01, "max_delay_s": 0.05,
-                                        "max_attempts": 30})
+        settings = make_settings(
+            kafka_bootstrap,
+            topic,
+            unique("g"),
+            sim,
+            retry={"base_delay_s": 0.01, "max_delay_s": 0.05, "max_attempts": 30},
+        )
         events = [e for i in range(20) for e in sends(f"c{i}", 3)]
         with EngineThread(settings) as running:
             produce(kafka_bootstrap, topic, events, ENCODER)
             wait_until(lambda: running.outcome("applied") >= len(events), 60, "all applied")
             retries = running.metrics.registry.get_sample_value(
-                "imconnector_retries_total", {"reason": "transient"})
+                "imconnector_retries_total", {"reason": "transient"}
+            )
             assert running.outcome("dead_lettered") == 0
         assert retries and retries > 0
         failed = [r for r in sim.portal.call_records() if r.http_status == 500]
@@ -81,21 +106,26 @@ def test_transient_5xx_is_retried_until_applied(kafka_bootstrap, topic_factory, 
         per_chat = applied_call_list(sim)
         for i in range(20):
             assert [ident for _, ident in per_chat[f"c{i}"]] == [
-                f"c{i}-m{s}:text {s}" for s in (1, 2, 3)]
+                f"c{i}-m{s}:text {s}" for s in (1, 2, 3)
+            ]
     finally:
         sim.stop()
 
 
 def test_permanent_error_dead_letters_that_event_and_the_lane_goes_on(
-        kafka_bootstrap, topic_factory, unique, sim):
+    kafka_bootstrap, topic_factory, unique, sim
+):
     topic = topic_factory(1)
     settings = make_settings(kafka_bootstrap, topic, unique("g"), sim)
     inactive = ev("c-off", 1, MessageSent("off-1", "x"), line=99)
     events = [inactive, *sends("c-on", 2)]
     with EngineThread(settings) as running:
         produce(kafka_bootstrap, topic, events, ENCODER)
-        wait_until(lambda: running.outcome("applied") >= 2 and
-                   running.outcome("dead_lettered") >= 1, 60, "outcomes")
+        wait_until(
+            lambda: running.outcome("applied") >= 2 and running.outcome("dead_lettered") >= 1,
+            60,
+            "outcomes",
+        )
     dead = read_all(kafka_bootstrap, settings.dlq_topic(topic), expect=1)
     assert len(dead) == 1
     h = headers_of(dead[0])
@@ -110,17 +140,22 @@ def test_permanent_error_dead_letters_that_event_and_the_lane_goes_on(
     assert dead[0].key() == inactive.key.encode()
 
 
-def test_per_element_failure_dead_letters_only_that_element(kafka_bootstrap, topic_factory,
-                                                             unique, sim):
+def test_per_element_failure_dead_letters_only_that_element(
+    kafka_bootstrap, topic_factory, unique, sim
+):
     topic = topic_factory(1)
-    settings = make_settings(kafka_bootstrap, topic, unique("g"), sim,
-                             engine={"commit_interval_ms": 200})
+    settings = make_settings(
+        kafka_bootstrap, topic, unique("g"), sim, engine={"commit_interval_ms": 200}
+    )
     bad = ev("c-bad", 1, MessageSent("bad-1", "x"), name="R2-D2 #1")
     events = [*sends("c-a", 1), bad, *sends("c-b", 1)]
     with EngineThread(settings) as running:
         produce(kafka_bootstrap, topic, events, ENCODER)
-        wait_until(lambda: running.outcome("applied") + running.outcome("dead_lettered") >= 3,
-                   60, "outcomes")
+        wait_until(
+            lambda: running.outcome("applied") + running.outcome("dead_lettered") >= 3,
+            60,
+            "outcomes",
+        )
         assert running.outcome("applied") == 2
     dead = read_all(kafka_bootstrap, settings.dlq_topic(topic), expect=1)
     h = headers_of(dead[0])
@@ -130,10 +165,12 @@ def test_per_element_failure_dead_letters_only_that_element(kafka_bootstrap, top
 
 
 def test_rename_waits_for_the_first_send_then_times_out_into_a_dead_letter(
-        kafka_bootstrap, topic_factory, unique, sim):
+    kafka_bootstrap, topic_factory, unique, sim
+):
     topic = topic_factory(1)
-    settings = make_settings(kafka_bootstrap, topic, unique("g"), sim,
-                             engine={"rename_wait_timeout_s": 1.0})
+    settings = make_settings(
+        kafka_bootstrap, topic, unique("g"), sim, engine={"rename_wait_timeout_s": 1.0}
+    )
     early = ev("c-wait", 1, ChatRenamed("Early name"))
     lonely = ev("c-lonely", 1, ChatRenamed("Never sent"))
     follow = ev("c-wait", 2, MessageSent("w-2", "first message"))
@@ -146,25 +183,34 @@ def test_rename_waits_for_the_first_send_then_times_out_into_a_dead_letter(
     dead = read_all(kafka_bootstrap, settings.dlq_topic(topic), expect=1)
     h = headers_of(dead[0])
     assert (h["imconnector.error.class"], h["imconnector.error.code"]) == (
-        b"causal_wait", b"CHAT_RENAMING_FAILED")
+        b"causal_wait",
+        b"CHAT_RENAMING_FAILED",
+    )
     assert h["imconnector.event_id"] == lonely.event_id.encode()
 
 
-def test_expired_tokens_are_refreshed_and_secrets_never_leak(kafka_bootstrap, topic_factory,
-                                                             unique):
+def test_expired_tokens_are_refreshed_and_secrets_never_leak(
+    kafka_bootstrap, topic_factory, unique
+):
     sim = start_sim(token_expiry_every=4)
     try:
         topic = topic_factory(1)
         tokens = sim.issue_tokens()
-        settings = make_settings(kafka_bootstrap, topic, unique("g"), sim,
-                                 portals={PORTAL: portal_settings(sim, tokens)},
-                                 engine={"batch_size": 2})
+        settings = make_settings(
+            kafka_bootstrap,
+            topic,
+            unique("g"),
+            sim,
+            portals={PORTAL: portal_settings(sim, tokens)},
+            engine={"batch_size": 2},
+        )
         events = [e for i in range(6) for e in sends(f"t{i}", 3)]
         with EngineThread(settings) as running:
             produce(kafka_bootstrap, topic, events, ENCODER)
             wait_until(lambda: running.outcome("applied") >= len(events), 60, "all applied")
             refreshes = running.metrics.registry.get_sample_value(
-                "imconnector_token_refreshes_total", {"result": "ok"})
+                "imconnector_token_refreshes_total", {"result": "ok"}
+            )
             metrics_text = _metrics_text(running)
         assert refreshes and refreshes >= 2
         assert any(r.error == "expired_token" for r in sim.portal.call_records())
@@ -184,11 +230,17 @@ def _metrics_text(running: EngineThread) -> str:
     return generate_latest(running.metrics.registry).decode()
 
 
-def test_wrong_client_secret_dead_letters_with_class_auth(kafka_bootstrap, topic_factory,
-                                                          unique, sim):
+def test_wrong_client_secret_dead_letters_with_class_auth(
+    kafka_bootstrap, topic_factory, unique, sim
+):
     topic = topic_factory(1)
-    settings = make_settings(kafka_bootstrap, topic, unique("g"), sim,
-                             portals={PORTAL: portal_settings(sim, client_secret="wrong")})
+    settings = make_settings(
+        kafka_bootstrap,
+        topic,
+        unique("g"),
+        sim,
+        portals={PORTAL: portal_settings(sim, client_secret="wrong")},
+    )
     sim.portal.expire_tokens()  # the first call needs a refresh, which the bad secret fails
     with EngineThread(settings) as running:
         produce(kafka_bootstrap, topic, sends("c-auth", 1), ENCODER)
@@ -202,22 +254,25 @@ def test_wrong_client_secret_dead_letters_with_class_auth(kafka_bootstrap, topic
 
 def test_throttling_slows_down_and_never_dead_letters(kafka_bootstrap, topic_factory, unique):
     sim = start_sim()
-    sim.portal.update_limits({"rate_limit_enabled": True, "rate_limit_drain": 20.0,
-                              "rate_limit_burst": 3})
+    sim.portal.update_limits(
+        {"rate_limit_enabled": True, "rate_limit_drain": 20.0, "rate_limit_burst": 3}
+    )
     try:
         topic = topic_factory(2)
-        settings = make_settings(kafka_bootstrap, topic, unique("g"), sim,
-                                 engine={"batch_size": 1})
+        settings = make_settings(kafka_bootstrap, topic, unique("g"), sim, engine={"batch_size": 1})
         events = [e for i in range(10) for e in sends(f"q{i}", 2)]
         with EngineThread(settings) as running:
             produce(kafka_bootstrap, topic, events, ENCODER)
             wait_until(lambda: running.outcome("applied") >= len(events), 60, "all applied")
             throttled = running.metrics.registry.get_sample_value(
-                "imconnector_retries_total", {"reason": "throttled"})
+                "imconnector_retries_total", {"reason": "throttled"}
+            )
             assert running.outcome("dead_lettered") == 0
         assert throttled and throttled > 0
-        assert any(r.error == "QUERY_LIMIT_EXCEEDED" and r.http_status == 503
-                   for r in sim.portal.call_records())
+        assert any(
+            r.error == "QUERY_LIMIT_EXCEEDED" and r.http_status == 503
+            for r in sim.portal.call_records()
+        )
     finally:
         sim.stop()
 
@@ -226,23 +281,33 @@ def test_operating_budget_pauses_only_that_method(kafka_bootstrap, topic_factory
     sim = start_sim(operating_limit=1.0, operating_cost_per_element=0.3)
     try:
         topic = topic_factory(1)
-        settings = make_settings(kafka_bootstrap, topic, unique("g"), sim,
-                                 portals={PORTAL: portal_settings(sim, operating_limit=1.0)},
-                                 engine={"batch_size": 1})
+        settings = make_settings(
+            kafka_bootstrap,
+            topic,
+            unique("g"),
+            sim,
+            portals={PORTAL: portal_settings(sim, operating_limit=1.0)},
+            engine={"batch_size": 1},
+        )
         first = sends("ob", 1)
         edits = [ev("ob", seq, MessageEdited("ob-m1", f"edit {seq}")) for seq in (2, 3, 4, 5)]
         others = [e for i in range(3) for e in sends(f"ob-other-{i}", 1)]
         with EngineThread(settings) as running:
             produce(kafka_bootstrap, topic, [*first, *edits, *others], ENCODER)
             wait_until(lambda: running.outcome("applied") >= 4, 60, "sends applied")
-            waited = wait_until(lambda: running.metrics.registry.get_sample_value(
-                "imconnector_throttle_wait_seconds_total", {"reason": "operating_budget"}),
-                30, "update.messages to pause on its budget")
+            waited = wait_until(
+                lambda: running.metrics.registry.get_sample_value(
+                    "imconnector_throttle_wait_seconds_total", {"reason": "operating_budget"}
+                ),
+                30,
+                "update.messages to pause on its budget",
+            )
             assert running.outcome("dead_lettered") == 0
         # update.messages hit its budget and paused before the portal refused it; the
         # sends of the other chats went on.
-        updates = [r for r in sim.portal.call_records()
-                   if r.method == "imconnector.update.messages"]
+        updates = [
+            r for r in sim.portal.call_records() if r.method == "imconnector.update.messages"
+        ]
         assert not any(r.error == "OPERATION_TIME_LIMIT" for r in updates[:3])
         assert waited and waited > 0
     finally:
@@ -250,14 +315,20 @@ def test_operating_budget_pauses_only_that_method(kafka_bootstrap, topic_factory
 
 
 def test_outage_parks_chats_breaker_keeps_other_portal_flowing_and_redrive_replays(
-        kafka_bootstrap, topic_factory, unique):
+    kafka_bootstrap, topic_factory, unique
+):
     healthy = start_sim()
     broken = start_sim(error_rate=1.0)
     try:
         topic = topic_factory(2)
         settings = make_settings(
-            kafka_bootstrap, topic, unique("g"), healthy, retry=FAST_RETRY,
-            portals={PORTAL: portal_settings(healthy), "portal-b": portal_settings(broken)})
+            kafka_bootstrap,
+            topic,
+            unique("g"),
+            healthy,
+            retry=FAST_RETRY,
+            portals={PORTAL: portal_settings(healthy), "portal-b": portal_settings(broken)},
+        )
         good = [e for i in range(5) for e in sends(f"g{i}", 3)]
         bad = [e for i in range(3) for e in sends(f"b{i}", 3, portal="portal-b")]
         with EngineThread(settings) as running:
@@ -265,61 +336,104 @@ def test_outage_parks_chats_breaker_keeps_other_portal_flowing_and_redrive_repla
             wait_until(lambda: running.outcome("applied") >= len(good), 60, "healthy portal")
             wait_until(lambda: running.outcome("dead_lettered") >= len(bad), 90, "parking")
             registry = running.metrics.registry
-            assert registry.get_sample_value("imconnector_dead_letters_total",
-                                             {"error_class": "exhausted"}) == 3
-            assert registry.get_sample_value("imconnector_dead_letters_total",
-                                             {"error_class": "parked"}) == 6
-            assert registry.get_sample_value("imconnector_circuit_breaker_state",
-                                             {"portal": "portal-b"}) is not None
+            assert (
+                registry.get_sample_value(
+                    "imconnector_dead_letters_total", {"error_class": "exhausted"}
+                )
+                == 3
+            )
+            assert (
+                registry.get_sample_value(
+                    "imconnector_dead_letters_total", {"error_class": "parked"}
+                )
+                == 6
+            )
+            assert (
+                registry.get_sample_value(
+                    "imconnector_circuit_breaker_state", {"portal": "portal-b"}
+                )
+                is not None
+            )
             # The portal heals; the operator redrives the dead letters.
             broken.portal.update_faults({"error_rate": 0.0})
             assert len(read_all(kafka_bootstrap, settings.dlq_topic(topic), expect=9)) == 9
             out = io.StringIO()
             report = redrive(settings, topic, filters=RedriveFilter(), dry_run=True, out=out)
             assert report.redriven == 9 and "exhausted/INTERNAL_SERVER_ERROR" in out.getvalue()
-            report = redrive(settings, topic, filters=RedriveFilter(
-                error_classes=frozenset({"exhausted", "parked"})), out=io.StringIO())
+            report = redrive(
+                settings,
+                topic,
+                filters=RedriveFilter(error_classes=frozenset({"exhausted", "parked"})),
+                out=io.StringIO(),
+            )
             assert report.redriven == 9
-            wait_until(lambda: running.outcome("applied") >= len(good) + len(bad), 60,
-                       "redriven events applied")
+            wait_until(
+                lambda: running.outcome("applied") >= len(good) + len(bad),
+                60,
+                "redriven events applied",
+            )
             # A second redrive finds nothing new (resumable, exactly once).
-            assert redrive(settings, topic, filters=RedriveFilter(),
-                           out=io.StringIO()).redriven == 0
+            assert (
+                redrive(settings, topic, filters=RedriveFilter(), out=io.StringIO()).redriven == 0
+            )
         per_chat = applied_call_list(broken)
         for i in range(3):
             assert [ident for _, ident in per_chat[f"b{i}"]] == [
-                f"b{i}-m{s}:text {s}" for s in (1, 2, 3)]
+                f"b{i}-m{s}:text {s}" for s in (1, 2, 3)
+            ]
     finally:
         healthy.stop()
         broken.stop()
 
 
-def test_two_replicas_racing_on_an_expired_token_both_keep_working(kafka_bootstrap,
-                                                                   topic_factory, unique):
+def test_two_replicas_racing_on_an_expired_token_both_keep_working(
+    kafka_bootstrap, topic_factory, unique
+):
     sim = start_sim()
     try:
         topic = topic_factory(4)
         group = unique("g")
         tokens = sim.issue_tokens()
-        settings = [make_settings(kafka_bootstrap, topic, group, sim, instance_id=f"rep{i}",
-                                  portals={PORTAL: portal_settings(sim, tokens)})
-                    for i in range(2)]
+        settings = [
+            make_settings(
+                kafka_bootstrap,
+                topic,
+                group,
+                sim,
+                instance_id=f"rep{i}",
+                portals={PORTAL: portal_settings(sim, tokens)},
+            )
+            for i in range(2)
+        ]
         stores = [KafkaTokenStore(s) for s in settings]
         first = [e for i in range(12) for e in sends(f"r{i}", 2)]
         second = [e for i in range(12) for e in sends(f"r{i}", 2, start=3)]
         with EngineThread(settings[0], stores[0]) as a, EngineThread(settings[1], stores[1]) as b:
             wait_until(lambda: a.engine.parts and b.engine.parts, 60, "both assigned")
             produce(kafka_bootstrap, topic, first, ENCODER)
-            wait_until(lambda: a.outcome("applied") + b.outcome("applied") >= len(first), 60,
-                       "first half")
+            wait_until(
+                lambda: a.outcome("applied") + b.outcome("applied") >= len(first), 60, "first half"
+            )
             httpx.post(f"{sim.url}/_sim/expire-tokens").raise_for_status()
             produce(kafka_bootstrap, topic, second, ENCODER)
-            wait_until(lambda: a.outcome("applied") + b.outcome("applied") >= 48, 60,
-                       "second half after the token expiry")
+            wait_until(
+                lambda: a.outcome("applied") + b.outcome("applied") >= 48,
+                60,
+                "second half after the token expiry",
+            )
             dead = a.outcome("dead_lettered") + b.outcome("dead_lettered")
-            results = {r: sum((e.metrics.registry.get_sample_value(
-                "imconnector_token_refreshes_total", {"result": r}) or 0) for e in (a, b))
-                for r in ("ok", "adopted", "failed")}
+            results = {
+                r: sum(
+                    (
+                        e.metrics.registry.get_sample_value(
+                            "imconnector_token_refreshes_total", {"result": r}
+                        )
+                        or 0
+                    )
+                    for e in (a, b)
+                )
+                for r in ("ok", "adopted", "failed")
+            }
         assert dead == 0
         assert results["ok"] >= 1 and results["failed"] == 0
         grants = [r for r in sim.portal.call_records() if r.method == "oauth.token"]

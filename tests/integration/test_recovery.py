@@ -41,42 +41,60 @@ pytestmark = pytest.mark.kafka
 
 @pytest.fixture
 def sim():
-    with SimulatorServer(SimulatorConfig(preset_lines=[(CONNECTOR, LINE)],
-                                         rate_limit_enabled=False, latency_ms=15)) as server:
+    with SimulatorServer(
+        SimulatorConfig(preset_lines=[(CONNECTOR, LINE)], rate_limit_enabled=False, latency_ms=15)
+    ) as server:
         server.start()
         yield server
 
 
-def _workload(seed: int, chats: int, lo: int, hi: int) -> tuple[list[list[ChatEvent]],
-                                                                 list[ChatEvent]]:
+def _workload(
+    seed: int, chats: int, lo: int, hi: int
+) -> tuple[list[list[ChatEvent]], list[ChatEvent]]:
     rng = random.Random(seed)
-    scripts = [chat_script(rng, PORTAL, CONNECTOR, LINE, f"chat-{i}", rng.randint(lo, hi),
-                           start_ms=1_764_000_000_000) for i in range(chats)]
+    scripts = [
+        chat_script(
+            rng,
+            PORTAL,
+            CONNECTOR,
+            LINE,
+            f"chat-{i}",
+            rng.randint(lo, hi),
+            start_ms=1_764_000_000_000,
+        )
+        for i in range(chats)
+    ]
     return scripts, interleave(scripts, rng, duplicate_rate=0.1, reorder_rate=0.1)
 
 
-def test_sigkill_mid_stream_then_restart_applies_nothing_twice(kafka_bootstrap, topic_factory,
-                                                               unique, sim, tmp_path):
+def test_sigkill_mid_stream_then_restart_applies_nothing_twice(
+    kafka_bootstrap, topic_factory, unique, sim, tmp_path
+):
     topic = topic_factory(3)
     group = unique("g")
     scripts, events = _workload(5, 120, 4, 12)
     settings = make_settings(kafka_bootstrap, topic, group, sim)
-    env = {**os.environ,
-           "IMCONNECTOR_KAFKA__BOOTSTRAP_SERVERS": kafka_bootstrap,
-           "IMCONNECTOR_SOURCE_TOPICS": topic, "IMCONNECTOR_GROUP_ID": group,
-           "IMCONNECTOR_INSTANCE_ID": "kill-test", "IMCONNECTOR_HTTP_PORT": "0",
-           "IMCONNECTOR_OUTCOMES_TOPIC": settings.outcomes_topic,
-           "IMCONNECTOR_TOKENS_TOPIC": settings.tokens_topic,
-           "IMCONNECTOR_SCHEMA_REGISTRY_URL": f"{sim.url}/registry",
-           "IMCONNECTOR_PORTALS": json.dumps({PORTAL: portal_settings(sim)}),
-           "IMCONNECTOR_ENGINE__COMMIT_INTERVAL_MS": "20",
-           "IMCONNECTOR_ENGINE__BATCH_SIZE": "5",
-           "IMCONNECTOR_LOG_FORMAT": "json"}
+    env = {
+        **os.environ,
+        "IMCONNECTOR_KAFKA__BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "IMCONNECTOR_SOURCE_TOPICS": topic,
+        "IMCONNECTOR_GROUP_ID": group,
+        "IMCONNECTOR_INSTANCE_ID": "kill-test",
+        "IMCONNECTOR_HTTP_PORT": "0",
+        "IMCONNECTOR_OUTCOMES_TOPIC": settings.outcomes_topic,
+        "IMCONNECTOR_TOKENS_TOPIC": settings.tokens_topic,
+        "IMCONNECTOR_SCHEMA_REGISTRY_URL": f"{sim.url}/registry",
+        "IMCONNECTOR_PORTALS": json.dumps({PORTAL: portal_settings(sim)}),
+        "IMCONNECTOR_ENGINE__COMMIT_INTERVAL_MS": "20",
+        "IMCONNECTOR_ENGINE__BATCH_SIZE": "5",
+        "IMCONNECTOR_LOG_FORMAT": "json",
+    }
     log = open(tmp_path / "consumer.log", "wb")  # noqa: SIM115 - closed below
 
     def start() -> subprocess.Popen[bytes]:
-        return subprocess.Popen([sys.executable, "-m", "consumer", "run"], env=env,
-                                stdout=log, stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            [sys.executable, "-m", "consumer", "run"], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
 
     produce(kafka_bootstrap, topic, events, [ChatEventEncoder("single-object")])
     first = start()
@@ -87,8 +105,15 @@ def test_sigkill_mid_stream_then_restart_applies_nothing_twice(kafka_bootstrap, 
         second = start()
         try:
             distinct = {e.event_id for e in events}
-            wait_until(lambda: len(final_outcomes(kafka_bootstrap, settings.outcomes_topic)[0])
-                       >= len(distinct), 180, "a final outcome for every event", interval=1.0)
+            wait_until(
+                lambda: (
+                    len(final_outcomes(kafka_bootstrap, settings.outcomes_topic)[0])
+                    >= len(distinct)
+                ),
+                180,
+                "a final outcome for every event",
+                interval=1.0,
+            )
             second.send_signal(signal.SIGTERM)
             assert second.wait(60) == 0
         finally:
@@ -102,26 +127,34 @@ def test_sigkill_mid_stream_then_restart_applies_nothing_twice(kafka_bootstrap, 
     assert set(final) == {e.event_id for e in events}
     repeats = check_calls(sim, scripts, ambiguous)
     assert repeats <= sum(ambiguous.values())
-    print(f"kill test: {len(events)} records, {len(final)} events, "
-          f"{sum(ambiguous.values())} ambiguous resends, {repeats} repeated calls")
+    print(
+        f"kill test: {len(events)} records, {len(final)} events, "
+        f"{sum(ambiguous.values())} ambiguous resends, {repeats} repeated calls"
+    )
 
 
-def test_rebalance_two_consumers_and_a_third_joining_keeps_order(kafka_bootstrap, topic_factory,
-                                                                 unique, sim):
+def test_rebalance_two_consumers_and_a_third_joining_keeps_order(
+    kafka_bootstrap, topic_factory, unique, sim
+):
     topic = topic_factory(6)
     group = unique("g")
     scripts, events = _workload(9, 200, 4, 10)
     half = len(events) // 2
     encoder = [ChatEventEncoder("single-object")]
-    engines = [EngineThread(make_settings(kafka_bootstrap, topic, group, sim,
-                                          instance_id=f"r{i}")) for i in range(3)]
+    engines = [
+        EngineThread(make_settings(kafka_bootstrap, topic, group, sim, instance_id=f"r{i}"))
+        for i in range(3)
+    ]
     with engines[0], engines[1]:
         produce(kafka_bootstrap, topic, events[:half], encoder)
         wait_until(lambda: len(sim.portal.call_records()) >= 30, 60, "first calls")
         with engines[2]:
             produce(kafka_bootstrap, topic, events[half:], encoder)
-            wait_until(lambda: sum(e.outcomes_total() for e in engines) >= len(events), 180,
-                       "every record to reach an outcome")
+            wait_until(
+                lambda: sum(e.outcomes_total() for e in engines) >= len(events),
+                180,
+                "every record to reach an outcome",
+            )
             assert all(e.engine.parts for e in engines), "each consumer got partitions"
     _, ambiguous = final_outcomes(kafka_bootstrap, f"{topic}.outcomes")
     assert check_calls(sim, scripts, ambiguous) == 0
@@ -134,9 +167,17 @@ def test_state_is_restored_after_reassignment(kafka_bootstrap, topic_factory, un
     encoder = [ChatEventEncoder("single-object")]
 
     def event(seq: int, payload) -> ChatEvent:
-        return ChatEvent(event_id=f"00000000-0000-4000-8000-{seq:012d}", portal=PORTAL,
-                         connector=CONNECTOR, line=LINE, chat_id="chat-r", occurred_at=seq,
-                         payload=payload, sequence=seq, user=None)
+        return ChatEvent(
+            event_id=f"00000000-0000-4000-8000-{seq:012d}",
+            portal=PORTAL,
+            connector=CONNECTOR,
+            line=LINE,
+            chat_id="chat-r",
+            occurred_at=seq,
+            payload=payload,
+            sequence=seq,
+            user=None,
+        )
 
     first_send = replace(event(1, MessageSent("m1", "hi")), user=ExternalUser(id="u-r"))
     with EngineThread(make_settings(kafka_bootstrap, topic, group, sim, instance_id="a")) as a:

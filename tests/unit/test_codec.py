@@ -849,8 +849,10 @@ def test_a_negative_payload_branch_index_is_poison_not_another_event_kind():
     for wrong in (b"\x01", b"\x03", b"\x05"):  # -1, -2, -3
         corrupt = value[:at] + wrong + value[at + 1 :]
         error = _decode_error(ChatEventDecoder(), corrupt)
-        assert (type(error), error.code) in {(SchemaMismatch, "NON_CANONICAL"),
-                                             (SchemaMismatch, "AVRO_DECODE")}
+        assert (type(error), error.code) in {
+            (SchemaMismatch, "NON_CANONICAL"),
+            (SchemaMismatch, "AVRO_DECODE"),
+        }
     assert ChatEventDecoder().decode(value) == event
 
 

@@ -57,8 +57,13 @@ POISON_CLASSES = (UnknownWireFormat, UnknownSchema, SchemaMismatch)
 CODES = {
     UnknownWireFormat: {"EMPTY", "UNKNOWN_MAGIC", "TRUNCATED"},
     UnknownSchema: {"UNKNOWN_FINGERPRINT", "UNKNOWN_SCHEMA_ID"},
-    SchemaMismatch: {"AVRO_DECODE", "TRAILING_BYTES", "TOO_LARGE", "UNKNOWN_PAYLOAD",
-                     "NON_CANONICAL"},
+    SchemaMismatch: {
+        "AVRO_DECODE",
+        "TRAILING_BYTES",
+        "TOO_LARGE",
+        "UNKNOWN_PAYLOAD",
+        "NON_CANONICAL",
+    },
 }
 BUNDLED_FINGERPRINTS = {
     bytes.fromhex(fingerprint(to_parsing_canonical_form(raw), "CRC-64-AVRO"))

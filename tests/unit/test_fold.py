@@ -30,9 +30,17 @@ _ids = itertools.count(1)
 
 
 def ev(payload, seq=None, at=1000, user="u1") -> ChatEvent:
-    return ChatEvent(event_id=f"e{next(_ids)}", portal="p", connector="c", line=1,
-                     chat_id="chat", occurred_at=at, payload=payload, sequence=seq,
-                     user=ExternalUser(id=user, name="Ann") if user else None)
+    return ChatEvent(
+        event_id=f"e{next(_ids)}",
+        portal="p",
+        connector="c",
+        line=1,
+        chat_id="chat",
+        occurred_at=at,
+        payload=payload,
+        sequence=seq,
+        user=ExternalUser(id=user, name="Ann") if user else None,
+    )
 
 
 def feed(state: ChatState, event: ChatEvent, now: int = 0, **kw):
@@ -80,7 +88,8 @@ def test_held_rename_times_out_into_a_causal_wait_dead_letter():
     assert on_tick(state, 9_999, CONFIG) == []
     outcomes = on_tick(state, 10_000, CONFIG)
     assert [(o.outcome, o.error_class, o.code) for o in outcomes] == [
-        ("dead_lettered", "causal_wait", "CHAT_RENAMING_FAILED")]
+        ("dead_lettered", "causal_wait", "CHAT_RENAMING_FAILED")
+    ]
     assert state.failed == [1]
 
 
@@ -104,9 +113,13 @@ def test_edit_or_delete_after_delete_is_moot():
 
 def test_reading_status_can_be_disabled():
     state = ChatState()
-    outcomes = on_event(state, e := ev(ReadConfirmed(1, 2, ("x",)), 1),
-                        new_call(e, state, ("t", 0, 0)), 0,
-                        FoldConfig(send_status_reading=False))
+    outcomes = on_event(
+        state,
+        e := ev(ReadConfirmed(1, 2, ("x",)), 1),
+        new_call(e, state, ("t", 0, 0)),
+        0,
+        FoldConfig(send_status_reading=False),
+    )
     assert [o.outcome for o in outcomes] == ["skipped"] and not state.outbox
 
 
@@ -117,7 +130,10 @@ def test_exhausted_retries_park_the_chat_and_dead_letter_later_events_in_order()
     head = state.outbox[0]
     outcomes = on_failure(state, head, "exhausted", "INTERNAL_SERVER_ERROR", "5xx", 10)
     assert [(o.error_class, o.call.seq) for o in outcomes] == [
-        ("exhausted", 1), ("parked", 2), ("parked", 3)]
+        ("exhausted", 1),
+        ("parked", 2),
+        ("parked", 3),
+    ]
     assert state.parked and state.outbox == []
     later = feed(state, ev(MessageSent("m4", "x"), 4))
     assert [(o.error_class, o.code) for o in later] == [("parked", "CHAT_PARKED")]

@@ -12,14 +12,21 @@ from consumer.health import OpsServer
 from consumer.metrics import Metrics
 
 STATS = {
-    "topics": {"chat-events": {"partitions": {
-        "0": {"consumer_lag_stored": 12, "consumer_lag": 15},
-        "1": {"consumer_lag_stored": -1, "consumer_lag": 4},
-        "2": {"consumer_lag_stored": -1, "consumer_lag": -1},
-        "-1": {"consumer_lag_stored": 99}}}},
-    "brokers": {"127.0.0.1:9092/1": {"nodeid": 1, "state": "UP"},
-                "127.0.0.1:9093/2": {"nodeid": 2, "state": "DOWN"},
-                "GroupCoordinator": {"nodeid": -1, "state": "UP"}},
+    "topics": {
+        "chat-events": {
+            "partitions": {
+                "0": {"consumer_lag_stored": 12, "consumer_lag": 15},
+                "1": {"consumer_lag_stored": -1, "consumer_lag": 4},
+                "2": {"consumer_lag_stored": -1, "consumer_lag": -1},
+                "-1": {"consumer_lag_stored": 99},
+            }
+        }
+    },
+    "brokers": {
+        "127.0.0.1:9092/1": {"nodeid": 1, "state": "UP"},
+        "127.0.0.1:9093/2": {"nodeid": 2, "state": "DOWN"},
+        "GroupCoordinator": {"nodeid": -1, "state": "UP"},
+    },
     "cgrp": {"rebalance_cnt": 3},
 }
 
@@ -31,8 +38,9 @@ def test_librdkafka_statistics_become_lag_broker_and_rebalance_metrics():
     assert get("imconnector_kafka_consumer_lag", {"topic": "chat-events", "partition": "0"}) == 12
     assert get("imconnector_kafka_consumer_lag", {"topic": "chat-events", "partition": "1"}) == 4
     assert get("imconnector_kafka_consumer_lag", {"topic": "chat-events", "partition": "2"}) is None
-    assert get("imconnector_kafka_consumer_lag", {"topic": "chat-events", "partition": "-1"}) \
-        is None
+    assert (
+        get("imconnector_kafka_consumer_lag", {"topic": "chat-events", "partition": "-1"}) is None
+    )
     assert get("imconnector_kafka_broker_up", {"broker": "127.0.0.1:9092/1"}) == 1
     assert get("imconnector_kafka_broker_up", {"broker": "127.0.0.1:9093/2"}) == 0
     assert get("imconnector_kafka_broker_up", {"broker": "GroupCoordinator"}) is None
@@ -51,8 +59,9 @@ def test_known_label_values_start_at_zero_and_process_metrics_exist():
 def test_probes_and_metrics_endpoint():
     metrics = Metrics(CollectorRegistry())
     ready = {"value": False}
-    server = OpsServer(metrics, lambda: ready["value"], host="127.0.0.1", port=0,
-                       stale_after_s=5).start()
+    server = OpsServer(
+        metrics, lambda: ready["value"], host="127.0.0.1", port=0, stale_after_s=5
+    ).start()
     try:
         base = f"http://127.0.0.1:{server.port}"
         with httpx.Client() as client:

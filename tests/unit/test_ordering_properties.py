@@ -17,8 +17,9 @@ from consumer.workload import chat_script
 CONFIG = FoldConfig()
 
 
-def run_chat(deliveries: list[ChatEvent], capacity: int = 128,
-             burst: bool = False) -> tuple[list[tuple], dict]:
+def run_chat(
+    deliveries: list[ChatEvent], capacity: int = 128, burst: bool = False
+) -> tuple[list[tuple], dict]:
     """Deliver events to one chat's lane + fold; every call succeeds.
 
     With `burst`, calls are dispatched only after every delivery (as when the dispatcher
