@@ -45,7 +45,7 @@ from consumer.kafka_io import (
     read_partition_to_end,
     restore_reader,
 )
-from consumer.mapping import BATCHABLE
+from consumer.mapping import BATCHABLE, SEND
 from consumer.metrics import Metrics
 from consumer.ordering import Lane, Offer
 from consumer.settings import Settings
@@ -151,6 +151,7 @@ class Engine:
         self._last_commit = 0.0
         self._outputs_since_commit = 0
         self._last_tick = 0.0
+        self._last_gauges = 0.0
         self._last_sweep = 0.0
         self._restoring = 0
         self.assigned = False
@@ -227,7 +228,7 @@ class Engine:
         while self.dispatcher.in_flight and time.monotonic() < deadline:
             self.dispatcher.wait(0.05)
             self._apply_completions()
-        self._commit(force=True)
+        self._commit()
 
     # -- the loop ------------------------------------------------------------------------
     def _iteration(self) -> None:
@@ -244,12 +245,15 @@ class Engine:
             self._on_record(msg)
         self._apply_completions()
         if now - self._last_tick >= 0.2:
-            self._tick()
+            self._tick(gauges=now - self._last_gauges >= 1.0)
             self._last_tick = now
         batches = self._plan()
         interval = self.settings.engine.commit_interval_ms / 1000
-        if batches or now - self._last_commit >= interval:
-            self._commit(force=bool(batches))
+        # The send ledger: a send's in-flight mark must be committed before its request
+        # leaves. Other methods are idempotent, so they need not wait for a commit.
+        ledger = any(batch.method == SEND for batch in batches)
+        if ledger or now - self._last_commit >= interval:
+            self._commit()
         for batch in batches:
             self.dispatcher.submit(batch)
         self._backpressure()
@@ -490,9 +494,13 @@ class Engine:
 
     # -- dispatch ------------------------------------------------------------------------
     def _plan(self) -> list[Batch]:
-        """Group the head calls of ready chats into requests; mark them in flight."""
-        limit = self.settings.engine.max_in_flight_requests
-        if self.dispatcher.in_flight >= limit:
+        """Group the head calls of ready chats into requests; mark them in flight.
+
+        Up to `max_in_flight_requests` requests run at once in the dispatcher; twice as
+        many may be planned so the next round is ready when a slot frees up.
+        """
+        room = 2 * self.settings.engine.max_in_flight_requests - self.dispatcher.in_flight
+        if room <= 0:
             return []
         size = self.settings.engine.batch_size
         open_batches: dict[tuple[str, str, int, str], Batch] = {}
@@ -501,9 +509,9 @@ class Engine:
         for work in self.parts.values():
             if work.revoking or not work.ready:
                 continue
-            for chat in list(work.ready):
+            deferred: list[str] = []
+            for chat in work.ready:
                 state = work.states.get(chat)
-                work.ready.discard(chat)
                 if not isinstance(state, ChatState) or not state.outbox or chat in work.busy:
                     continue
                 head = state.outbox[0]
@@ -511,13 +519,13 @@ class Engine:
                 if portal not in blocked:
                     blocked[portal] = not self.dispatcher.portal_has_capacity(portal)
                 if blocked[portal]:
-                    work.ready.add(chat)
+                    deferred.append(chat)
                     continue
                 group = (portal, connector, int(line), head.method)
                 batch = open_batches.get(group) if head.method in BATCHABLE else None
                 if batch is None or len(batch.calls) >= size:
-                    if len(batches) + self.dispatcher.in_flight >= limit:
-                        work.ready.add(chat)
+                    if len(batches) >= room:
+                        deferred.append(chat)
                         continue
                     batch = Batch(portal, connector, int(line), head.method, [], epoch=work.epoch)
                     batches.append(batch)
@@ -528,6 +536,7 @@ class Engine:
                 head.attempts += 1
                 work.busy.add(chat)
                 work.dirty.add(chat)
+            work.ready = set(deferred)
         return batches
 
     def _apply_completions(self) -> None:
@@ -573,7 +582,7 @@ class Engine:
     def _now_ms(self) -> int:
         return int(self.clock() * 1000)
 
-    def _tick(self) -> None:
+    def _tick(self, gauges: bool = True) -> None:
         now_ms = self._now_ms()
         gap_ms = int(self.settings.engine.gap_timeout_s * 1000)
         for work in list(self.parts.values()):
@@ -593,7 +602,9 @@ class Engine:
         if time.monotonic() - self._last_sweep >= 30:
             self._last_sweep = time.monotonic()
             self._sweep(now_ms)
-        self._gauges(now_ms)
+        if gauges:
+            self._gauges(now_ms)
+            self._last_gauges = time.monotonic()
 
     def _sweep(self, now_ms: int) -> None:
         """Expire idle chats past the TTL (tombstones keep the changelog compact)."""
@@ -659,7 +670,7 @@ class Engine:
         self.metrics.paused_partitions.set(sum(1 for w in self.parts.values() if w.paused))
 
     # -- commit --------------------------------------------------------------------------
-    def _commit(self, force: bool = False) -> None:
+    def _commit(self) -> None:
         """One transaction: changed states, outputs so far and the committable offsets."""
         assert self._consumer is not None and self._producer is not None
         offsets: list[TopicPartition] = []
@@ -787,7 +798,7 @@ class Engine:
         while any(work.busy for work in works) and time.monotonic() < deadline:
             self.dispatcher.wait(0.05)
             self._apply_completions()
-        self._commit(force=True)
+        self._commit()
         for work in works:
             del self.parts[(work.topic, work.partition)]
         self.metrics.assigned_partitions.set(len(self.parts))

@@ -6,12 +6,12 @@ transactional with a stable id per replica so a restarted process fences its zom
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Iterable
 from typing import Any
 
+import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
@@ -336,4 +336,4 @@ def outcome_record(chat: str, call: PendingCall, outcome: str, **fields: Any) ->
     for name, value in fields.items():
         if value is not None:
             doc[name] = redact(value) if isinstance(value, str) else value
-    return json.dumps(doc, separators=(",", ":")).encode()
+    return orjson.dumps(doc)

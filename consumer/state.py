@@ -6,9 +6,10 @@ of small fields, so memory stays bounded by active chats (idle ones expire by TT
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 # Call status in the outbox: QUEUED was never sent (safe to send after a crash);
 # IN_FLIGHT was durably marked before its request left (unknown outcome after a crash).
@@ -119,12 +120,12 @@ class ChatState:
             doc["p"] = 1
         if self.last_rename_at:
             doc["n"] = self.last_rename_at
-        return json.dumps(doc, separators=(",", ":")).encode()
+        return orjson.dumps(doc)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> ChatState:
         """Inverse of `to_bytes`."""
-        doc = json.loads(data)
+        doc = orjson.loads(data)
         held = doc.get("h")
         return cls(
             watermark=doc.get("w", 0),
