@@ -153,6 +153,8 @@ class Dispatcher:
     def stop(self, timeout: float = 5.0) -> None:
         """Cancel what is left and stop the loop thread."""
         if not self._thread.is_alive():
+            if not self._loop.is_closed() and not self._loop.is_running():
+                self._loop.close()  # never started (the engine stopped before assignment)
             return
         fut = asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop)
         try:
@@ -323,6 +325,7 @@ class Dispatcher:
             except TransientError as exc:
                 self._count_request(method, exc.http_status, started)
                 breaker.record(False, time.monotonic())
+                self._metrics.breaker_state.labels(portal=batch.portal).set(breaker.state)
                 delay = await self._backoff(exc, attempts, backoff_spent)
                 if delay is None:
                     return self._all_failed(keys, calls, "exhausted", exc, attempts, ambiguous)
@@ -360,6 +363,7 @@ class Dispatcher:
                 ]
             self._count_request(method, 200, started)
             breaker.record(True, time.monotonic())
+            self._metrics.breaker_state.labels(portal=batch.portal).set(breaker.state)
             budget.observe(method, body.get("time"), time.time(), time.monotonic())
             self._metrics.api_batch_size.labels(method=method).observe(len(calls))
             per_element = element_results(body, len(calls))

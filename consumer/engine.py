@@ -174,6 +174,7 @@ class Engine:
     def run(self) -> None:
         """Provision topics, join the group and process until stopped."""
         settings = self.settings
+        self.metrics.poll_heartbeat.set(self.clock())  # starting counts as alive
         topics = Topics(settings)
         topics.wait_for_cluster()
         topics.ensure(create_sources=self._create_sources)
@@ -210,9 +211,9 @@ class Engine:
             except KafkaException as exc:
                 logger.warning("closing the consumer failed: %s", exc)
         if producer is not None:
-            with contextlib.suppress(KafkaException):  # nothing open is fine
+            with contextlib.suppress(KafkaException):  # nothing open, or fenced: fine
                 producer.abort_transaction(10)
-            producer.flush(10)
+                producer.flush(10)
         self.dispatcher.stop()
         if self._registry is not None:
             self._registry.close()
@@ -723,6 +724,11 @@ class Engine:
             work = self.parts.get((tp.topic, tp.partition))
             if work is not None:
                 work.committed = tp.offset
+        if offsets:
+            # Offsets go to Kafka inside the transaction; storing them as well lets
+            # librdkafka's statistics report consumer lag (consumer_lag_stored).
+            with contextlib.suppress(KafkaException):
+                self._consumer.store_offsets(offsets=offsets)
         self._outputs_since_commit = 0
         self._last_commit = time.monotonic()
         self.metrics.transactions.labels(result="committed").inc()
@@ -731,7 +737,6 @@ class Engine:
     # -- rebalance -----------------------------------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.metrics.rebalances.labels(type="assign").inc()
-        self.assigned = True
         self._restoring += len(partitions)
         self.metrics.restoring_partitions.set(self._restoring)
         reader = restore_reader(self.settings)
@@ -745,6 +750,7 @@ class Engine:
                 self.metrics.restoring_partitions.set(self._restoring)
         finally:
             reader.close()
+        self.assigned = bool(self.parts)  # a replica with nothing to do is not ready
         self.metrics.assigned_partitions.set(len(self.parts))
 
     def _restore(self, reader: Consumer, work: PartitionWork) -> None:

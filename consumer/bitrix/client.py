@@ -82,7 +82,9 @@ class BitrixClient:
     async def call(self, portal: str, method: str, params: dict[str, Any]) -> dict[str, Any]:
         """POST `method` with `params`; return the envelope or raise a `BitrixError`."""
         tokens = self._portal(portal)
-        for attempt in (1, 2):
+        # Refresh at most twice: a pair can expire again right after a refresh (another
+        # replica rotated it); a third rejection means the app lost its authorisation.
+        for attempt in (1, 2, 3):
             current = tokens.current()
             endpoint = current.client_endpoint or self.portals[portal].rest_url
             try:
@@ -94,7 +96,7 @@ class BitrixClient:
             try:
                 return check_response(response)
             except AuthError as exc:
-                if attempt == 2:
+                if attempt == 3:
                     raise AuthFailed(
                         f"still unauthorised after a token refresh: {exc}",
                         code=exc.code,
