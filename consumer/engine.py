@@ -152,6 +152,7 @@ class Engine:
         self._outputs_since_commit = 0
         self._last_tick = 0.0
         self._last_gauges = 0.0
+        self._last_plan = 0.0
         self._last_sweep = 0.0
         self._restoring = 0
         self.assigned = False
@@ -503,6 +504,13 @@ class Engine:
         room = 2 * self.settings.engine.max_in_flight_requests - self.dispatcher.in_flight
         if room <= 0:
             return []
+        linger = self.settings.engine.linger_ms / 1000
+        if linger and self.dispatcher.in_flight and time.monotonic() - self._last_plan < linger:
+            # Requests are still out: wait a moment so this round's batches fill up.
+            ready = sum(len(work.ready) for work in self.parts.values())
+            if ready < self.settings.engine.batch_size:
+                return []
+        self._last_plan = time.monotonic()
         size = self.settings.engine.batch_size
         open_batches: dict[tuple[str, str, int, str], Batch] = {}
         batches: list[Batch] = []
