@@ -155,7 +155,8 @@ def writer_risks(schema: Any) -> tuple[str | None, bool]:
 
 
 def _fingerprint(schema: Mapping[str, Any]) -> bytes:
-    return bytes.fromhex(fingerprint(to_parsing_canonical_form(schema), "CRC-64-AVRO"))
+    canonical = to_parsing_canonical_form(dict(schema))
+    return bytes.fromhex(fingerprint(canonical, "CRC-64-AVRO"))
 
 
 class _Bundle:
@@ -168,8 +169,10 @@ class _Bundle:
         self.reader_fingerprint = _fingerprint(self.reader_raw)
         self.by_fingerprint: dict[bytes, Any] = {}
         # payload branch full name -> (its union index as a zigzag varint, parsed schema)
-        expanded = expand_schema(_plain(self.reader_raw))  # named references inlined
-        payload_union = next(f["type"] for f in expanded["fields"] if f["name"] == "payload")
+        expanded: Any = expand_schema(_plain(self.reader_raw))  # named references inlined
+        payload_union: list[dict[str, Any]] = next(
+            f["type"] for f in expanded["fields"] if f["name"] == "payload"
+        )
         self.payload_branches: dict[str, tuple[bytes, Any]] = {}
         for index, branch in enumerate(payload_union):
             self.payload_branches[branch["name"]] = (

@@ -51,25 +51,27 @@ def run_demo(bootstrap: str, duration: float, chats: int, rate: float, http_port
         )
     ).start()
     tokens = sim.issue_tokens()
-    settings = Settings(
-        kafka={"bootstrap_servers": bootstrap},
-        source_topics=[topic],
-        group_id=f"imconnector-demo-{run_id}",
-        instance_id="demo",
-        schema_registry_url=f"{sim.url}/registry",
-        portals={
-            PORTAL: {
-                "rest_url": f"{sim.url}/rest/",
-                "oauth_url": f"{sim.url}/oauth/token/",
-                "client_id": sim.config.client_id,
-                "client_secret": sim.config.client_secret,
-                "access_token": tokens["access_token"],
-                "refresh_token": tokens["refresh_token"],
-                "rate_drain": 5.0,
-                "rate_burst": 250,
-            }
-        },
-        http_port=http_port,
+    settings = Settings.model_validate(
+        {
+            "kafka": {"bootstrap_servers": bootstrap},
+            "source_topics": [topic],
+            "group_id": f"imconnector-demo-{run_id}",
+            "instance_id": "demo",
+            "schema_registry_url": f"{sim.url}/registry",
+            "portals": {
+                PORTAL: {
+                    "rest_url": f"{sim.url}/rest/",
+                    "oauth_url": f"{sim.url}/oauth/token/",
+                    "client_id": sim.config.client_id,
+                    "client_secret": sim.config.client_secret,
+                    "access_token": tokens["access_token"],
+                    "refresh_token": tokens["refresh_token"],
+                    "rate_drain": 5.0,
+                    "rate_burst": 250,
+                }
+            },
+            "http_port": http_port,
+        }
     )
     metrics = Metrics(version=__version__)
     engine = build_engine(settings, metrics, token_store=MemoryTokenStore(), create_sources=True)

@@ -43,6 +43,8 @@ from consumer.kafka_io import (
     outcome_record,
     producer_config,
     read_partition_to_end,
+    record_headers,
+    record_position,
     restore_reader,
 )
 from consumer.mapping import BATCHABLE, SEND
@@ -271,7 +273,7 @@ class Engine:
 
     # -- records -------------------------------------------------------------------------
     def _on_record(self, msg: Message) -> None:
-        topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+        topic, partition, offset = record_position(msg)
         work = self.parts.get((topic, partition))
         if work is None or work.rewind_until:
             return
@@ -279,9 +281,7 @@ class Engine:
         self._consumed[topic].inc()
         value = msg.value() or b""
         raw_key = msg.key() or b""
-        headers: tuple[tuple[str, bytes], ...] = tuple(
-            (k, v or b"") for k, v in (msg.headers() or ())
-        )
+        headers = record_headers(msg)
         redrive = any(k == REDRIVE_HEADER for k, _ in headers)
         try:
             event = self.decoder.decode(value)
@@ -729,9 +729,9 @@ class Engine:
             raise
         self._producer.begin_transaction()
         for tp in offsets:
-            work = self.parts.get((tp.topic, tp.partition))
-            if work is not None:
-                work.committed = tp.offset
+            owner = self.parts.get((tp.topic, tp.partition))
+            if owner is not None:
+                owner.committed = tp.offset
         if offsets:
             # Offsets go to Kafka inside the transaction; storing them as well lets
             # librdkafka's statistics report consumer lag (consumer_lag_stored).
@@ -766,6 +766,7 @@ class Engine:
         changelog = self.settings.changelog_topic(work.topic)
         states = work.states
         count = 0
+        value: bytes | None
         for key, value in read_partition_to_end(reader, changelog, work.partition, timeout=300):
             count += 1
             chat = key.decode()
@@ -775,8 +776,8 @@ class Engine:
                 states[chat] = value
         self.metrics.restore_records.inc(count)
         policy = self.settings.engine.unknown_outcome_policy
-        for chat, value in list(states.items()):
-            if not isinstance(value, bytes) or (b'"o"' not in value and b'"h"' not in value):
+        for chat, stored in list(states.items()):
+            if not isinstance(stored, bytes) or (b'"o"' not in stored and b'"h"' not in stored):
                 continue
             state = work.state(chat)
             before = 0

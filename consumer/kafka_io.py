@@ -12,8 +12,15 @@ from collections.abc import Iterable
 from typing import Any
 
 import orjson
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka import (
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from consumer import __version__
 from consumer.bitrix.oauth import TokenSet
@@ -25,6 +32,26 @@ from consumer.state import PendingCall
 logger = logging.getLogger(__name__)
 
 Headers = list[tuple[str, bytes]]
+
+
+def record_headers(msg: Message) -> tuple[tuple[str, bytes], ...]:
+    """A record's headers as `(name, bytes)` pairs (None and str values normalised)."""
+    raw: Any = msg.headers() or ()
+    out = []
+    for key, value in raw.items() if isinstance(raw, dict) else raw:
+        if value is None:
+            value = b""
+        elif isinstance(value, str):
+            value = value.encode()
+        out.append((key, value))
+    return tuple(out)
+
+
+def record_position(msg: Message) -> tuple[str, int, int]:
+    """`(topic, partition, offset)` of a consumed record."""
+    topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+    assert topic is not None and partition is not None and offset is not None
+    return topic, partition, offset
 
 
 def consumer_config(settings: Settings, **extra: Any) -> dict[str, Any]:

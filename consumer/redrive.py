@@ -19,6 +19,7 @@ from typing import TextIO
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
 from consumer.engine import REDRIVE_HEADER
+from consumer.kafka_io import record_headers, record_position
 from consumer.settings import Settings
 
 _STRIP = ("__connect.errors.", "imconnector.error.", REDRIVE_HEADER)
@@ -148,17 +149,18 @@ def redrive(
                 error = msg.error()
                 if error is not None:
                     if error.code() == KafkaError._PARTITION_EOF:
-                        remaining.discard(msg.partition())
+                        remaining.discard(record_position_eof(msg))
                         continue
                     raise RuntimeError(f"reading {dlq}: {error.str()}")
-                if msg.offset() >= ends[msg.partition()]:
-                    remaining.discard(msg.partition())
+                _, partition, offset = record_position(msg)
+                if offset >= ends[partition]:
+                    remaining.discard(partition)
                     continue
                 seen += 1
-                last_offsets[msg.partition()] = msg.offset()
-                if msg.offset() + 1 >= ends[msg.partition()]:
-                    remaining.discard(msg.partition())
-                headers = {k: v or b"" for k, v in (msg.headers() or ())}
+                last_offsets[partition] = offset
+                if offset + 1 >= ends[partition]:
+                    remaining.discard(partition)
+                headers = dict(record_headers(msg))
                 if not filters.matches(headers, msg.key()):
                     report.filtered_out += 1
                     continue
@@ -214,10 +216,12 @@ def _flush(
         return
     producer.begin_transaction()
     for msg in pending:
-        headers = [(k, v) for k, v in (msg.headers() or ()) if not k.startswith(_STRIP)]
+        headers: list[tuple[str, str | bytes | None]] = [
+            (k, v) for k, v in record_headers(msg) if not k.startswith(_STRIP)
+        ]
         count = int(_header(msg, REDRIVE_HEADER) or 0)
         headers.append((REDRIVE_HEADER, str(count + 1).encode()))
-        partition = int(_header(msg, "__connect.errors.partition") or msg.partition())
+        partition = int(_header(msg, "__connect.errors.partition") or record_position(msg)[1])
         producer.produce(
             source, key=msg.key(), value=msg.value(), headers=headers, partition=partition
         )
@@ -233,10 +237,17 @@ def _flush(
 
 
 def _header(msg: Message, name: str) -> str:
-    for key, value in msg.headers() or ():
+    for key, value in record_headers(msg):
         if key == name:
-            return (value or b"").decode(errors="replace")
+            return value.decode(errors="replace")
     return ""
+
+
+def record_position_eof(msg: Message) -> int:
+    """The partition of an end-of-partition event."""
+    partition = msg.partition()
+    assert partition is not None
+    return partition
 
 
 def _progress(done: int, total: int, out: TextIO) -> None:
