@@ -15,7 +15,9 @@ demo: bootstrap ## local Kafka + Bitrix24 simulator + demo traffic + the consume
 	@ops/kafka/local-kafka.sh start
 	@$(VENV)/imconnector-consumer demo --duration $(DURATION)
 
-test: bootstrap ## the whole test suite against a real local Kafka
+test: bootstrap ## lint, types, then the whole test suite against a real local Kafka
+	@$(VENV)/ruff check consumer schemas tests ops && $(VENV)/ruff format --check consumer schemas tests ops
+	@$(VENV)/mypy
 	@ops/kafka/local-kafka.sh start
 	@$(VENV)/python -m pytest tests
 
