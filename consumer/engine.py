@@ -152,6 +152,8 @@ class Engine:
         self._producer: Producer | None = None
         self._last_commit = 0.0
         self._outputs_since_commit = 0
+        self._txn_outputs: list[tuple[str, bytes, bytes | None, Headers | None, int | None]] = []
+        self._txn_chats: list[tuple[PartitionWork, str]] = []
         self._last_tick = 0.0
         self._last_gauges = 0.0
         self._last_plan = 0.0
@@ -479,8 +481,11 @@ class Engine:
         value: bytes | None,
         headers: Headers | None,
         partition: int | None = None,
+        replay: bool = True,
     ) -> None:
         assert self._producer is not None
+        if replay:  # kept until the transaction commits, to re-send if it is aborted
+            self._txn_outputs.append((topic, key, value, headers, partition))
         kwargs: dict[str, Any] = {"key": key, "value": value}
         if headers:
             kwargs["headers"] = headers
@@ -679,8 +684,10 @@ class Engine:
         self.metrics.paused_partitions.set(sum(1 for w in self.parts.values() if w.paused))
 
     # -- commit --------------------------------------------------------------------------
-    def _commit(self) -> None:
-        """One transaction: changed states, outputs so far and the committable offsets."""
+    def _commit(self) -> bool:
+        """One transaction: changed states, outputs so far and the committable offsets.
+
+        Returns False when the transaction was aborted (its writes are queued again)."""
         assert self._consumer is not None and self._producer is not None
         offsets: list[TopicPartition] = []
         for work in self.parts.values():
@@ -690,7 +697,7 @@ class Engine:
         dirty = any(work.dirty for work in self.parts.values())
         if not (offsets or dirty or self._outputs_since_commit):
             self._last_commit = time.monotonic()
-            return
+            return True
         started = time.monotonic()
         for work in self.parts.values():
             if not work.dirty:
@@ -709,7 +716,10 @@ class Engine:
                         and not state.recent_ids
                     ):
                         work.states[chat] = value  # keep idle chats compact in memory
-                self._produce(changelog, chat.encode(), value, None, partition=work.partition)
+                self._produce(
+                    changelog, chat.encode(), value, None, partition=work.partition, replay=False
+                )
+                self._txn_chats.append((work, chat))
             work.dirty.clear()
             work.tombstones.clear()
         try:
@@ -720,14 +730,24 @@ class Engine:
             self._producer.commit_transaction(60)
         except KafkaException as exc:
             self.metrics.transactions.labels(result="aborted").inc()
-            # State in memory is now ahead of Kafka; the only safe way on is a restart
-            # that restores from the changelog (which is what a pod restart does).
-            logger.critical(
-                "Kafka transaction failed (%s); exiting so state is restored from the changelog",
-                exc.args[0],
-            )
-            raise
+            error = exc.args[0]
+            if not error.txn_requires_abort() and not error.retriable():
+                # Fenced or fatal: state in memory is ahead of Kafka; the only safe way on
+                # is a restart that restores from the changelog (what a pod restart does).
+                logger.critical(
+                    "Kafka transaction failed (%s); exiting so state is restored "
+                    "from the changelog",
+                    error,
+                )
+                raise
+            # E.g. ILLEGAL_GENERATION while the group rebalances: abort, then write the
+            # same outputs and states again in the next transaction.
+            logger.warning("Kafka transaction aborted (%s); retrying its writes", error)
+            self._replay_aborted()
+            return False
         self._producer.begin_transaction()
+        self._txn_outputs = []
+        self._txn_chats = []
         for tp in offsets:
             owner = self.parts.get((tp.topic, tp.partition))
             if owner is not None:
@@ -741,6 +761,19 @@ class Engine:
         self._last_commit = time.monotonic()
         self.metrics.transactions.labels(result="committed").inc()
         self.metrics.transaction_duration.observe(time.monotonic() - started)
+        return True
+
+    def _replay_aborted(self) -> None:
+        assert self._producer is not None
+        self._producer.abort_transaction(30)
+        self._producer.begin_transaction()
+        outputs, chats = self._txn_outputs, self._txn_chats
+        self._txn_outputs, self._txn_chats = [], []
+        for topic, key, value, headers, partition in outputs:
+            self._produce(topic, key, value, headers, partition)
+        for work, chat in chats:
+            if self.parts.get((work.topic, work.partition)) is work:
+                work.dirty.add(chat)
 
     # -- rebalance -----------------------------------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -813,7 +846,9 @@ class Engine:
         while any(work.busy for work in works) and time.monotonic() < deadline:
             self.dispatcher.wait(0.05)
             self._apply_completions()
-        self._commit()
+        for _ in range(3):  # the revoked partitions' states must reach the changelog
+            if self._commit():
+                break
         for work in works:
             del self.parts[(work.topic, work.partition)]
         self.metrics.assigned_partitions.set(len(self.parts))
