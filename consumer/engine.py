@@ -31,6 +31,7 @@ from consumer.fold import (
     new_call,
     on_event,
     on_failure,
+    on_late,
     on_restore,
     on_success,
     on_tick,
@@ -91,6 +92,7 @@ class PartitionWork:
     pending: int = 0  # calls in outboxes + held renames
     paused: bool = False
     revoking: bool = False
+    caught_up_ms: int = 0  # when the partition was last read to its end
     rewind_until: float = 0.0
 
     def state(self, chat: str) -> ChatState:
@@ -246,6 +248,11 @@ class Engine:
         for msg in messages:
             error = msg.error()
             if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
+                    eof = self.parts.get((msg.topic() or "", msg.partition() or 0))
+                    if eof is not None:
+                        eof.caught_up_ms = self._now_ms()
+                    continue
                 self._on_kafka_error(error)
                 continue
             self._on_record(msg)
@@ -337,6 +344,16 @@ class Engine:
         for item, admission in offer.ready:
             if admission == "duplicate":
                 self._record_skip(work, chat, item, "duplicate")
+            elif admission == "late":
+                call = new_call(
+                    item.event,
+                    state,
+                    (work.topic, work.partition, item.offset),
+                    item.raw,
+                    item.raw_key,
+                    item.headers,
+                )
+                self._after_change(work, chat, state, _pending_of(state), on_late(state, call))
             else:
                 self._apply(work, chat, state, item)
 
@@ -604,7 +621,9 @@ class Engine:
                 work.rewind_until = 0.0
             for chat, lane in list(work.lanes.items()):
                 state = work.state(chat)
-                offer = lane.expire(state, now_ms, gap_ms)
+                if work.paused:
+                    continue  # the missing event may be in the unread backlog
+                offer = lane.expire(state, now_ms, gap_ms, work.caught_up_ms)
                 if offer.gaps:
                     self._offered(work, chat, state, lane, offer)
             for chat in list(work.held_renames):

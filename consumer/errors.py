@@ -31,6 +31,7 @@ ErrorClass = Literal[
     "exhausted",
     "ambiguous",
     "parked",
+    "late",
 ]
 
 

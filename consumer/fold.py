@@ -223,6 +223,20 @@ def on_failure(
     return outcomes
 
 
+def on_late(state: ChatState, call: PendingCall) -> list[Outcome]:
+    """An event arrived after its chat gave up waiting for it: applying it now would break
+    the chat's order, so it is dead-lettered (a redrive applies it on purpose)."""
+    return [
+        _dead(
+            state,
+            call,
+            "late",
+            "SEQUENCE_GAP_EXPIRED",
+            "arrived after the gap timeout; later events of the chat were applied",
+        )
+    ]
+
+
 def on_tick(state: ChatState, now_ms: int, config: FoldConfig) -> list[Outcome]:
     """Time passes: a rename held past its timeout is dead-lettered."""
     held = state.held_rename

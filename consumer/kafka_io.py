@@ -65,6 +65,9 @@ def consumer_config(settings: Settings, **extra: Any) -> dict[str, Any]:
         "isolation.level": "read_committed",
         "client.id": f"imconnector-{settings.instance_id}",
         "statistics.interval.ms": settings.kafka.statistics_interval_ms,
+        # End-of-partition events tell the engine it has read everything: only then may a
+        # sequence gap be given up (the missing event is not in an unread backlog).
+        "enable.partition.eof": True,
     }
     if settings.kafka.static_membership:
         base["group.instance.id"] = f"{settings.group_id}-{settings.instance_id}"

@@ -15,7 +15,8 @@ from typing import Generic, Literal, TypeVar
 from consumer.events import ChatEvent
 from consumer.state import ChatState
 
-Admission = Literal["new", "redrive", "duplicate", "early"]
+Admission = Literal["new", "redrive", "duplicate", "early", "late"]
+_GAP_MEMORY = 16
 T = TypeVar("T")
 
 
@@ -29,6 +30,8 @@ def classify(state: ChatState, event: ChatEvent) -> Admission:
     if seq <= state.watermark:
         if state.failed and seq in state.failed:
             return "redrive"
+        if state.gaps and any(first <= seq <= last for first, last in state.gaps):
+            return "late"  # it arrived after the lane gave up waiting for it
         return "duplicate"
     if seq == state.watermark + 1:
         return "new"
@@ -135,7 +138,7 @@ class Lane(Generic[T]):
     def _offer(self, state: ChatState, item: T, now_ms: int, out: Offer[T]) -> None:
         event = self._event_of(item)
         admission = classify(state, event)
-        if admission == "duplicate":
+        if admission in ("duplicate", "late"):
             out.ready.append((item, admission))
             return
         if admission == "early":
@@ -169,13 +172,18 @@ class Lane(Generic[T]):
         lowest = self.buffer.lowest()
         assert lowest is not None
         out.gaps.append((state.watermark + 1, lowest - 1))
+        gaps = state.gaps or []
+        gaps.append([state.watermark + 1, lowest - 1])
+        state.gaps = gaps[-_GAP_MEMORY:]
         state.watermark = lowest - 1
         self._release(state, now_ms, out)
 
-    def expire(self, state: ChatState, now_ms: int, timeout_ms: int) -> Offer[T]:
-        """Give up on a gap open longer than `timeout_ms`."""
+    def expire(self, state: ChatState, now_ms: int, timeout_ms: int, caught_up_ms: int) -> Offer[T]:
+        """Give up on a gap open longer than `timeout_ms` — but only once the partition was
+        read to its end after the gap opened (`caught_up_ms`): while a backlog is still
+        unread, the missing event may be in it."""
         out: Offer[T] = Offer()
-        if self.buffer.gap_expired(now_ms, timeout_ms):
+        if self.buffer.gap_expired(now_ms, timeout_ms) and caught_up_ms >= self.buffer.since_ms:
             self._give_up_gap(state, now_ms, out)
         return out
 

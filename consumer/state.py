@@ -91,6 +91,7 @@ class ChatState:
     deleted: list[str] | None = None  # recently deleted external message ids
     recent_ids: list[str] | None = None  # event ids seen, for events without a sequence
     failed: list[int] | None = None  # dead-lettered sequences a redrive may replay
+    gaps: list[list[int]] | None = None  # [first, last] sequence ranges given up on
     parked: bool = False  # retries exhausted: later events are dead-lettered in order
     last_rename_at: int = 0
     last_activity_ms: int = 0
@@ -116,6 +117,8 @@ class ChatState:
             doc["r"] = self.recent_ids
         if self.failed:
             doc["f"] = self.failed
+        if self.gaps:
+            doc["g"] = self.gaps
         if self.parked:
             doc["p"] = 1
         if self.last_rename_at:
@@ -136,6 +139,7 @@ class ChatState:
             deleted=doc.get("d"),
             recent_ids=doc.get("r"),
             failed=doc.get("f"),
+            gaps=doc.get("g"),
             parked=bool(doc.get("p")),
             last_rename_at=doc.get("n", 0),
             last_activity_ms=doc.get("a", 0),

@@ -443,3 +443,32 @@ def test_two_replicas_racing_on_an_expired_token_both_keep_working(
         assert json.dumps(stored.client_endpoint).startswith('"http://127.0.0.1')
     finally:
         sim.stop()
+
+
+def test_a_real_gap_is_given_up_after_the_timeout_and_the_late_event_dead_lettered(
+    kafka_bootstrap, topic_factory, unique, sim
+):
+    topic = topic_factory(1)
+    settings = make_settings(
+        kafka_bootstrap, topic, unique("g"), sim, engine={"gap_timeout_s": 1.0}
+    )
+    one, two, three = sends("gap", 3)
+    with EngineThread(settings) as running:
+        produce(kafka_bootstrap, topic, [one, three], ENCODER)
+        wait_until(lambda: running.outcome("applied") >= 2, 60, "1 and, after the gap, 3")
+        gaps = running.metrics.registry.get_sample_value("imconnector_sequence_gaps_total")
+        assert gaps == 1
+        produce(kafka_bootstrap, topic, [two], ENCODER)
+        wait_until(lambda: running.outcome("dead_lettered") >= 1, 60, "the late event")
+        assert running.outcome("duplicate") == 0
+    assert [ident for _, ident in applied_call_list(sim)["gap"]] == [
+        "gap-m1:text 1",
+        "gap-m3:text 3",
+    ]
+    dead = read_all(kafka_bootstrap, settings.dlq_topic(topic), expect=1)
+    h = headers_of(dead[0])
+    assert (h["imconnector.error.class"], h["imconnector.error.code"]) == (
+        b"late",
+        b"SEQUENCE_GAP_EXPIRED",
+    )
+    assert h["imconnector.event_id"] == two.event_id.encode()

@@ -18,6 +18,7 @@ from consumer.fold import (
     new_call,
     on_event,
     on_failure,
+    on_late,
     on_restore,
     on_success,
     on_tick,
@@ -185,3 +186,29 @@ def test_state_round_trips_through_the_changelog_codec():
     assert again.to_bytes() == state.to_bytes()
     assert again.outbox[0].element == state.outbox[0].element
     assert again.deleted == ["m0"] and again.watermark == 0
+
+
+def test_a_gap_is_given_up_only_after_the_partition_was_read_to_its_end():
+    from consumer.ordering import Lane
+
+    state = ChatState()
+    lane: Lane[ChatEvent] = Lane(16, 16, lambda e: e)
+    first, third = ev(MessageSent("m1", "a"), 1), ev(MessageSent("m3", "c"), 3)
+    assert [a for _, a in lane.offer(state, first, 0).ready] == ["new"]
+    held = lane.offer(state, third, 1_000)
+    assert held.held == [third] and not held.ready
+    # The timeout passed, but the partition was last read to its end before the gap
+    # opened: the missing event may be in the unread backlog, so keep waiting.
+    assert not lane.expire(state, 60_000, 30_000, caught_up_ms=500).gaps
+    given_up = lane.expire(state, 60_000, 30_000, caught_up_ms=2_000)
+    assert given_up.gaps == [(2, 2)] and [i for i, _ in given_up.ready] == [third]
+    assert state.watermark == 3 and state.gaps == [[2, 2]]
+    # The missing event turns up after all: it is late, not a duplicate.
+    second = ev(MessageSent("m2", "b"), 2)
+    assert [a for _, a in lane.offer(state, second, 70_000).ready] == ["late"]
+    outcomes = on_late(state, new_call(second, state, ("t", 0, 9)))
+    assert [(o.outcome, o.error_class, o.code) for o in outcomes] == [
+        ("dead_lettered", "late", "SEQUENCE_GAP_EXPIRED")
+    ]
+    assert state.failed == [2]  # a redrive may apply it on purpose
+    assert [a for _, a in lane.offer(state, first, 71_000).ready] == ["duplicate"]
