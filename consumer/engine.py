@@ -537,27 +537,30 @@ class Engine:
         open_batches: dict[tuple[str, str, int, str], Batch] = {}
         batches: list[Batch] = []
         blocked: dict[str, bool] = {}
+        full = False
         for work in self.parts.values():
+            if full:
+                break
             if work.revoking or not work.ready:
                 continue
-            deferred: list[str] = []
+            taken: list[str] = []
             for chat in work.ready:
                 state = work.states.get(chat)
                 if not isinstance(state, ChatState) or not state.outbox or chat in work.busy:
+                    taken.append(chat)
                     continue
                 head = state.outbox[0]
                 portal, connector, line, _ = chat.split("|", 3)
                 if portal not in blocked:
                     blocked[portal] = not self.dispatcher.portal_has_capacity(portal)
                 if blocked[portal]:
-                    deferred.append(chat)
-                    continue
+                    continue  # stays ready for a later round
                 group = (portal, connector, int(line), head.method)
                 batch = open_batches.get(group) if head.method in BATCHABLE else None
                 if batch is None or len(batch.calls) >= size:
                     if len(batches) >= room:
-                        deferred.append(chat)
-                        continue
+                        full = True  # the rest stay ready; no need to look at them now
+                        break
                     batch = Batch(portal, connector, int(line), head.method, [], epoch=work.epoch)
                     batches.append(batch)
                     open_batches[group] = batch
@@ -567,7 +570,8 @@ class Engine:
                 head.attempts += 1
                 work.busy.add(chat)
                 work.dirty.add(chat)
-            work.ready = set(deferred)
+                taken.append(chat)
+            work.ready.difference_update(taken)
         return batches
 
     def _apply_completions(self) -> None:
