@@ -537,14 +537,19 @@ class Engine:
         open_batches: dict[tuple[str, str, int, str], Batch] = {}
         batches: list[Batch] = []
         blocked: dict[str, bool] = {}
-        full = False
+        # Once no new request fits, keep filling the open batches, but stop looking after
+        # a bounded number of chats so a huge ready set is not rescanned every round.
+        budget = 4 * room * size
         for work in self.parts.values():
-            if full:
+            if budget <= 0:
                 break
             if work.revoking or not work.ready:
                 continue
             taken: list[str] = []
             for chat in work.ready:
+                budget -= 1
+                if budget <= 0:
+                    break
                 state = work.states.get(chat)
                 if not isinstance(state, ChatState) or not state.outbox or chat in work.busy:
                     taken.append(chat)
@@ -559,8 +564,7 @@ class Engine:
                 batch = open_batches.get(group) if head.method in BATCHABLE else None
                 if batch is None or len(batch.calls) >= size:
                     if len(batches) >= room:
-                        full = True  # the rest stay ready; no need to look at them now
-                        break
+                        continue  # no request left this round; it stays ready
                     batch = Batch(portal, connector, int(line), head.method, [], epoch=work.epoch)
                     batches.append(batch)
                     open_batches[group] = batch
