@@ -686,7 +686,6 @@ class Engine:
             ).set(age)
         self.metrics.chats_in_state.set(chats)
         self.metrics.reorder_held.set(held)
-        self.metrics.breaker_state  # noqa: B018 - set by the dispatcher
         self.metrics.assigned_partitions.set(len(self.parts))
 
     # -- backpressure ----------------------------------------------------------------------

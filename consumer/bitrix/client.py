@@ -7,7 +7,6 @@ dispatcher's job (`consumer.dispatch`).
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import httpx
@@ -104,8 +103,3 @@ class BitrixClient:
                     ) from None
                 await tokens.refresh(current.access_token)
         raise AssertionError("unreachable")
-
-    @staticmethod
-    def wall_time() -> float:
-        """Unix time, for `operating_reset_at` arithmetic."""
-        return time.time()
