@@ -115,7 +115,7 @@ class EngineSettings(BaseModel):
 
     batch_size: int = Field(default=50, ge=1, le=500)
     linger_ms: int = Field(default=5, ge=0)
-    max_in_flight_requests: int = Field(default=32, ge=1)
+    max_in_flight_requests: int = Field(default=8, ge=1)
     max_buffered_events: int = Field(default=50_000, ge=10)
     max_buffered_per_chat: int = Field(default=500, ge=1)
     reorder_buffer_per_chat: int = Field(default=64, ge=1)
@@ -142,7 +142,7 @@ class HttpSettings(BaseModel):
 
     connect_timeout_s: float = Field(default=5.0, gt=0)
     read_timeout_s: float = Field(default=65.0, gt=0)
-    max_connections: int = Field(default=64, ge=1)
+    max_connections: int = Field(default=16, ge=1)
     user_agent: str = "imconnector-consumer"
 
 
