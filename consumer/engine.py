@@ -274,8 +274,6 @@ class Engine:
         self.metrics.ready.set(1 if self.ready else 0)
 
     def _on_kafka_error(self, error: KafkaError) -> None:
-        if error.code() == KafkaError._PARTITION_EOF:
-            return
         if error.fatal():
             raise KafkaException(error)
         logger.warning("Kafka: %s", error.str())
@@ -345,28 +343,14 @@ class Engine:
             if admission == "duplicate":
                 self._record_skip(work, chat, item, "duplicate")
             elif admission == "late":
-                call = new_call(
-                    item.event,
-                    state,
-                    (work.topic, work.partition, item.offset),
-                    item.raw,
-                    item.raw_key,
-                    item.headers,
-                )
+                call = _call_for(work, state, item)
                 self._after_change(work, chat, state, _pending_of(state), on_late(state, call))
             else:
                 self._apply(work, chat, state, item)
 
     def _apply(self, work: PartitionWork, chat: str, state: ChatState, held: Held) -> None:
         before = _pending_of(state)
-        call = new_call(
-            held.event,
-            state,
-            (work.topic, work.partition, held.offset),
-            held.raw,
-            held.raw_key,
-            held.headers,
-        )
+        call = _call_for(work, state, held)
         if held.redrive:
             call.redrive_count = _redrive_count(held.headers)
         outcomes = on_event(
@@ -888,6 +872,12 @@ class Engine:
                 "partitions lost (session timeout); restarting to restore state from the changelog",
             )
         )
+
+
+def _call_for(work: PartitionWork, state: ChatState, held: Held) -> PendingCall:
+    """The outbox entry for a consumed event, remembering where it came from."""
+    origin = (work.topic, work.partition, held.offset)
+    return new_call(held.event, state, origin, held.raw, held.raw_key, held.headers)
 
 
 def _event_of(held: Held) -> ChatEvent:

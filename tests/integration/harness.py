@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import threading
 import time
 from collections import Counter, defaultdict
@@ -23,11 +24,33 @@ from consumer.ordering import Lane
 from consumer.service import build_engine
 from consumer.settings import Settings
 from consumer.simulator import SimulatorServer
+from consumer.workload import chat_script, interleave
 
 CONNECTOR = "test_connector"
 LINE = 7
 PORTAL = "portal-a"
 FINAL = {"applied", "dead_lettered", "moot", "superseded", "skipped"}
+
+
+def shuffled_workload(
+    seed: int, chats: int, lo: int, hi: int
+) -> tuple[list[list[ChatEvent]], list[ChatEvent]]:
+    """Chat scripts of lo..hi events and their delivery: interleaved, 10 % duplicated,
+    10 % out of order (deterministic for a seed)."""
+    rng = random.Random(seed)
+    scripts = [
+        chat_script(
+            rng,
+            PORTAL,
+            CONNECTOR,
+            LINE,
+            f"chat-{i}",
+            rng.randint(lo, hi),
+            start_ms=1_764_000_000_000,
+        )
+        for i in range(chats)
+    ]
+    return scripts, interleave(scripts, rng, duplicate_rate=0.1, reorder_rate=0.1)
 
 
 def wait_until(

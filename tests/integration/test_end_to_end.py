@@ -3,7 +3,6 @@ as the right method with the right content; poison goes to the dead-letter topic
 
 from __future__ import annotations
 
-import random
 import struct
 import uuid
 
@@ -22,7 +21,6 @@ from consumer.events import (
     ReadConfirmed,
 )
 from consumer.simulator import SimulatorConfig, SimulatorServer
-from consumer.workload import chat_script, interleave
 from tests.integration.harness import (
     CONNECTOR,
     LINE,
@@ -34,6 +32,7 @@ from tests.integration.harness import (
     produce,
     produce_raw,
     read_all,
+    shuffled_workload,
     wait_until,
 )
 
@@ -185,20 +184,7 @@ def test_shuffled_and_duplicated_events_give_exactly_the_expected_calls_in_order
 ):
     topic = topic_factory(4)
     settings = make_settings(kafka_bootstrap, topic, unique("g"), sim)
-    rng = random.Random(11)
-    scripts = [
-        chat_script(
-            rng,
-            PORTAL,
-            CONNECTOR,
-            LINE,
-            f"chat-{i}",
-            rng.randint(3, 12),
-            start_ms=1_764_000_000_000,
-        )
-        for i in range(150)
-    ]
-    events = interleave(scripts, rng, duplicate_rate=0.1, reorder_rate=0.1)
+    scripts, events = shuffled_workload(11, 150, 3, 12)
     with SchemaRegistryClient(f"{sim.url}/registry") as registry:
         encoders = [
             ChatEventEncoder("single-object"),

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -22,7 +21,6 @@ import pytest
 from consumer.codec import ChatEventEncoder
 from consumer.events import ChatEvent, ChatRenamed, ExternalUser, MessageSent
 from consumer.simulator import SimulatorConfig, SimulatorServer
-from consumer.workload import chat_script, interleave
 from tests.integration.harness import (
     CONNECTOR,
     LINE,
@@ -33,6 +31,7 @@ from tests.integration.harness import (
     make_settings,
     portal_settings,
     produce,
+    shuffled_workload,
     wait_until,
 )
 
@@ -48,31 +47,12 @@ def sim():
         yield server
 
 
-def _workload(
-    seed: int, chats: int, lo: int, hi: int
-) -> tuple[list[list[ChatEvent]], list[ChatEvent]]:
-    rng = random.Random(seed)
-    scripts = [
-        chat_script(
-            rng,
-            PORTAL,
-            CONNECTOR,
-            LINE,
-            f"chat-{i}",
-            rng.randint(lo, hi),
-            start_ms=1_764_000_000_000,
-        )
-        for i in range(chats)
-    ]
-    return scripts, interleave(scripts, rng, duplicate_rate=0.1, reorder_rate=0.1)
-
-
 def test_sigkill_mid_stream_then_restart_applies_nothing_twice(
     kafka_bootstrap, topic_factory, unique, sim, tmp_path
 ):
     topic = topic_factory(3)
     group = unique("g")
-    scripts, events = _workload(5, 120, 4, 12)
+    scripts, events = shuffled_workload(5, 120, 4, 12)
     settings = make_settings(kafka_bootstrap, topic, group, sim)
     env = {
         **os.environ,
@@ -138,7 +118,7 @@ def test_rebalance_two_consumers_and_a_third_joining_keeps_order(
 ):
     topic = topic_factory(6)
     group = unique("g")
-    scripts, events = _workload(9, 200, 4, 10)
+    scripts, events = shuffled_workload(9, 200, 4, 10)
     half = len(events) // 2
     encoder = [ChatEventEncoder("single-object")]
     engines = [
