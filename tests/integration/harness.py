@@ -284,6 +284,48 @@ def final_outcomes(bootstrap: str, topic: str) -> tuple[dict[str, str], Counter[
     return final, ambiguous
 
 
+class OutcomeWatcher:
+    """Follows an outcomes topic (committed records only) and collects final outcomes.
+
+    Per-engine metric counts cannot tell when a multi-consumer run is done: a round a
+    revoked owner counted may be replayed by the next owner. The committed topic can."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": f"watcher-{time.time_ns()}",
+                "enable.auto.commit": False,
+                "isolation.level": "read_committed",
+            }
+        )
+        self._topic = topic
+        self._assigned = False
+        self.final: dict[str, str] = {}
+
+    def __enter__(self) -> OutcomeWatcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._consumer.close()
+
+    def finished(self, event_ids: Iterable[str]) -> bool:
+        """Read what is committed so far; True once every id has a final outcome."""
+        if not self._assigned:
+            topics = self._consumer.list_topics(self._topic, timeout=10).topics
+            meta = topics.get(self._topic)
+            if meta is None or meta.error is not None:
+                return False  # the engine creates the topic on start
+            self._consumer.assign([TopicPartition(self._topic, p, 0) for p in meta.partitions])
+            self._assigned = True
+        for msg in self._consumer.consume(1000, timeout=0.2):
+            if msg.error() is None:
+                doc = json.loads(msg.value())
+                if doc["outcome"] in FINAL:
+                    self.final[doc["event_id"]] = doc["outcome"]
+        return all(e in self.final for e in event_ids)
+
+
 def check_calls(
     sim: SimulatorServer, scripts: list[list[ChatEvent]], ambiguous: Counter[str]
 ) -> int:

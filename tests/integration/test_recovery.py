@@ -26,6 +26,7 @@ from tests.integration.harness import (
     LINE,
     PORTAL,
     EngineThread,
+    OutcomeWatcher,
     check_calls,
     final_outcomes,
     make_settings,
@@ -129,13 +130,20 @@ def test_rebalance_two_consumers_and_a_third_joining_keeps_order(
         produce(kafka_bootstrap, topic, events[:half], encoder)
         wait_until(lambda: len(sim.portal.call_records()) >= 30, 60, "first calls")
         with engines[2]:
-            produce(kafka_bootstrap, topic, events[half:], encoder)
+            # The join is an event to await: the second half is produced only once the
+            # rebalance has handed the third consumer its share, so it takes real work.
             wait_until(
-                lambda: sum(e.outcomes_total() for e in engines) >= len(events),
-                180,
-                "every record to reach an outcome",
+                lambda: all(e.engine.parts for e in engines),
+                120,
+                "every consumer to own partitions",
             )
-            assert all(e.engine.parts for e in engines), "each consumer got partitions"
+            produce(kafka_bootstrap, topic, events[half:], encoder)
+            ids = {e.event_id for e in events}
+            with OutcomeWatcher(kafka_bootstrap, f"{topic}.outcomes") as outcomes:
+                wait_until(lambda: outcomes.finished(ids), 180, "a committed outcome per event")
+            owned = [set(e.engine.parts) for e in engines]
+            assert all(owned), "each consumer still owns partitions"
+            assert sum(len(o) for o in owned) == len(set().union(*owned)) == 6, "disjoint, all"
     _, ambiguous = final_outcomes(kafka_bootstrap, f"{topic}.outcomes")
     assert check_calls(sim, scripts, ambiguous) == 0
     assert sum(ambiguous.values()) == 0
