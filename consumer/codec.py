@@ -23,9 +23,10 @@ from typing import Any, Literal, cast
 import fastavro
 import httpx
 from fastavro import _read_py  # pure-Python reader: bounded recursion for recursive writers
-from fastavro.schema import expand_schema, fingerprint, to_parsing_canonical_form
+from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 import schemas
+from consumer.avro_fast import DatumReader, UnsupportedSchema, compile_reader
 from consumer.errors import (
     PoisonRecord,
     RegistryUnavailable,
@@ -159,8 +160,28 @@ def _fingerprint(schema: Mapping[str, Any]) -> bytes:
     return bytes.fromhex(fingerprint(canonical, "CRC-64-AVRO"))
 
 
+# Avro record full name -> the model it becomes; the generated reader calls these directly
+# with the record's fields, which is what `event_from_record` does by hand.
+_MODELS: dict[str, type] = {
+    f"{NAMESPACE}.{model.__name__}": model
+    for model in (
+        ChatEvent,
+        ExternalUser,
+        File,
+        ChatRenamed,
+        MessageSent,
+        MessageEdited,
+        MessageDeleted,
+        DeliveryConfirmed,
+        ReadConfirmed,
+    )
+}
+
+
 class _Bundle:
-    """The released schema versions, parsed once: reader (newest) and fingerprint index."""
+    """The released schema versions, parsed once: reader (newest), fingerprint index, and
+    the reader generated for the newest version (None if it uses a type the generator
+    does not cover: such a reader falls back to fastavro)."""
 
     def __init__(self) -> None:
         versions = schemas.released_versions()
@@ -168,17 +189,11 @@ class _Bundle:
         self.reader = parse_plain(self.reader_raw)
         self.reader_fingerprint = _fingerprint(self.reader_raw)
         self.by_fingerprint: dict[bytes, Any] = {}
-        # payload branch full name -> (its union index as a zigzag varint, parsed schema)
-        expanded: Any = expand_schema(_plain(self.reader_raw))  # named references inlined
-        payload_union: list[dict[str, Any]] = next(
-            f["type"] for f in expanded["fields"] if f["name"] == "payload"
-        )
-        self.payload_branches: dict[str, tuple[bytes, Any]] = {}
-        for index, branch in enumerate(payload_union):
-            self.payload_branches[branch["name"]] = (
-                bytes([index * 2]),
-                fastavro.parse_schema(branch),
-            )
+        self.fast_reader: DatumReader | None
+        try:
+            self.fast_reader = compile_reader(self.reader, _MODELS)
+        except UnsupportedSchema:
+            self.fast_reader = None
         for _, raw in versions:
             parsed = self.reader if raw is self.reader_raw else parse_plain(raw)
             self.by_fingerprint[_fingerprint(raw)] = parsed
@@ -443,11 +458,15 @@ class ChatEventDecoder:
 
     Raises a `PoisonRecord` subclass for bytes that can never decode, and
     `RegistryUnavailable` when the registry is needed but does not answer.
+
+    `fast=False` reads the bundled reader's own records with fastavro too: the reference
+    the generated reader is tested against, not something to run in production.
     """
 
-    def __init__(self, registry: Any = None) -> None:
+    def __init__(self, registry: Any = None, *, fast: bool = True) -> None:
         self._registry = registry
         self._bundle = _get_bundle()
+        self._fast_reader = self._bundle.fast_reader if fast else None
         self._risks: dict[int, tuple[Any, str | None, bool]] = {}
 
     def decode(self, value: bytes | None) -> ChatEvent:
@@ -501,34 +520,66 @@ class ChatEventDecoder:
     def _read(self, value: bytes, offset: int, writer: Any, pure_python: bool = False) -> ChatEvent:
         """Decode exactly one datum, refusing corrupt bytes fastavro would accept.
 
+        Records written with the bundled reader itself (every single-object record of the
+        newest version) go through the generated reader, which is strict by construction;
+        every other writer goes through fastavro (`_read_fastavro`).
+        """
+        fast_reader = self._fast_reader
+        if fast_reader is not None and writer is self._bundle.reader:
+            try:
+                event, end = fast_reader(value, offset)
+            except PoisonRecord:
+                raise
+            except IndexError as exc:
+                raise SchemaMismatch(
+                    "the Avro datum ends before its last field", code="AVRO_DECODE"
+                ) from exc
+            except Exception as exc:
+                raise SchemaMismatch(
+                    f"Avro decoding failed: {type(exc).__name__}: {exc}"[:300], code="AVRO_DECODE"
+                ) from exc
+            if end != len(value):
+                raise SchemaMismatch(
+                    f"{len(value) - end} trailing bytes after the Avro datum",
+                    code="TRAILING_BYTES",
+                )
+            return cast(ChatEvent, event)
+        return self._read_fastavro(value, offset, writer, pure_python)
+
+    def _read_fastavro(
+        self, value: bytes, offset: int, writer: Any, pure_python: bool = False
+    ) -> ChatEvent:
+        """`_read` with fastavro: read with the writer alone, prove the bytes canonical by
+        re-encoding them, then (for a writer other than the reader) resolve.
+
         fastavro takes a negative union index (Python indexing picks a branch from the
-        end) and does not bound-check fields it skips during resolution. Both could turn
-        a corrupt record into a *different* valid-looking event, so: with the bundled
-        reader as writer, the payload branch is re-encoded and must match the tail of the
-        input including its branch index (negative indexes on the two-branch optional
-        unions pick the same branch, so only the payload union matters); with any other
-        writer, the datum is first read and re-encoded in full with the writer alone.
+        end), overlong varints and more than one array block, and does not bound-check
+        fields it skips during resolution: each could turn a corrupt record into a
+        *different* valid-looking event, and the re-encode refuses all of them. Its writer
+        does not range-check a plain `int` field, so the bundled reader's own records are
+        also range-checked: the generated reader refuses such ints, and the two paths must
+        agree on that schema.
         """
         stream = io.BytesIO(value)
         stream.seek(offset)
         read = _read_py.schemaless_reader if pure_python else fastavro.schemaless_reader
         bundle = self._bundle
         try:
+            record = read(
+                stream, writer, None, return_record_name=True, return_record_name_override=True
+            )
+            self._check_end(stream, value)
+            again = io.BytesIO()
+            fastavro.schemaless_writer(again, writer, record)
+            if again.getbuffer() != memoryview(value)[offset:]:
+                raise SchemaMismatch(_NON_CANONICAL, code="NON_CANONICAL")
             if writer is bundle.reader:
-                record = read(
-                    stream, writer, None, return_record_name=True, return_record_name_override=True
-                )
-                self._check_end(stream, value)
-                self._check_payload_tail(record, value)
+                wide = _wide_int(record, writer, writer["__named_schemas"])
+                if wide is not None:
+                    raise SchemaMismatch(
+                        f"int {wide} is outside the 32-bit range", code="AVRO_DECODE"
+                    )
             else:
-                record = read(
-                    stream, writer, None, return_record_name=True, return_record_name_override=True
-                )
-                self._check_end(stream, value)
-                again = io.BytesIO()
-                fastavro.schemaless_writer(again, writer, record)
-                if again.getbuffer() != memoryview(value)[offset:]:
-                    raise SchemaMismatch(_NON_CANONICAL, code="NON_CANONICAL")
                 stream.seek(offset)
                 record = read(
                     stream,
@@ -553,19 +604,40 @@ class ChatEventDecoder:
                 code="TRAILING_BYTES",
             )
 
-    def _check_payload_tail(self, record: Any, value: bytes) -> None:
-        payload = record.get("payload") if isinstance(record, dict) else None
-        if not isinstance(payload, tuple):
-            raise SchemaMismatch("payload union without a branch name", code="UNKNOWN_PAYLOAD")
-        branch = self._bundle.payload_branches.get(payload[0])
-        if branch is None:
-            raise SchemaMismatch(f"unknown payload branch {payload[0]!r}", code="UNKNOWN_PAYLOAD")
-        index_byte, schema = branch
-        tail = io.BytesIO()
-        tail.write(index_byte)
-        fastavro.schemaless_writer(tail, schema, payload[1])
-        if not value.endswith(tail.getbuffer()):
-            raise SchemaMismatch(_NON_CANONICAL, code="NON_CANONICAL")
+
+def _wide_int(datum: Any, schema: Any, named: Mapping[str, Any]) -> int | None:
+    """The first `int` in `datum` (read with the parsed `schema`) outside 32 bits, if any.
+
+    fastavro's writer picks a union branch by validating the datum against it, which
+    checks an int's range, but writes a plain `int` field (or a record named in tuple
+    notation) unchecked; `fastavro.validation.validate` re-parses the schema per call
+    (~130 us), hence this walk.
+    """
+    if isinstance(schema, str):
+        if schema == "int":
+            return None if -(2**31) <= datum < 2**31 else int(datum)
+        target = named.get(schema)
+        return None if target is None else _wide_int(datum, target, named)
+    if isinstance(schema, list):
+        if isinstance(datum, tuple):
+            return _wide_int(datum[1], datum[0], named)
+        return None  # the writer validated the branch it chose
+    if isinstance(schema, dict):
+        kind = schema.get("type")
+        if kind == "record":
+            for field in schema["fields"]:
+                found = _wide_int(datum.get(field["name"]), field["type"], named)
+                if found is not None:
+                    return found
+            return None
+        if kind == "array":
+            for item in datum:
+                found = _wide_int(item, schema["items"], named)
+                if found is not None:
+                    return found
+            return None
+        return _wide_int(datum, kind, named) if isinstance(kind, str) else None
+    return None
 
 
 _NON_CANONICAL = (

@@ -28,11 +28,9 @@ from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 import schemas
 from consumer.codec import (
-    NAMESPACE,
     ChatEventDecoder,
     ChatEventEncoder,
     SchemaRegistryClient,
-    _get_bundle,
     event_from_json,
     event_from_record,
     event_to_record,
@@ -837,28 +835,28 @@ def _zigzag(n: int) -> bytes:
 
 def test_a_negative_payload_branch_index_is_poison_not_another_event_kind():
     # The payload union is the last field: its branch index sits right before the
-    # payload body. 02 = branch 1 (MessageSent); 01 is zigzag -1, no such branch in Avro,
+    # payload body. 06 = branch 3 (MessageDeleted); 01 is zigzag -1, no such branch in Avro,
     # yet Python's negative indexing in fastavro picks the last branch (ReadConfirmed).
     event = SAMPLES["deleted"]
     value = ChatEventEncoder().encode(event)
-    index_byte, branch = _get_bundle().payload_branches[f"{NAMESPACE}.MessageDeleted"]
-    body = io.BytesIO()
-    fastavro.schemaless_writer(body, branch, {"message_id": event.payload.message_id})
-    at = len(value) - len(body.getvalue()) - 1
-    assert value[at : at + 1] == index_byte
-    for wrong in (b"\x01", b"\x03", b"\x05"):  # -1, -2, -3
-        corrupt = value[:at] + wrong + value[at + 1 :]
-        error = _decode_error(ChatEventDecoder(), corrupt)
-        assert (type(error), error.code) in {
-            (SchemaMismatch, "NON_CANONICAL"),
-            (SchemaMismatch, "AVRO_DECODE"),
-        }
-    assert ChatEventDecoder().decode(value) == event
+    assert value.endswith(b"\x06\x04m1")  # payload branch 3 (MessageDeleted), "m1"
+    at = len(value) - 4
+    for decoder in (ChatEventDecoder(), ChatEventDecoder(fast=False)):
+        for wrong in (b"\x01", b"\x03", b"\x05"):  # -1, -2, -3
+            corrupt = value[:at] + wrong + value[at + 1 :]
+            error = _decode_error(decoder, corrupt)
+            assert (type(error), error.code) in {
+                (SchemaMismatch, "NON_CANONICAL"),
+                (SchemaMismatch, "AVRO_DECODE"),
+            }
+        assert decoder.decode(value) == event
 
 
-def test_a_negative_index_on_an_optional_field_decodes_to_the_same_value():
-    # On a two-branch ["null", T] union, -1 selects T exactly as 1 does: the decoded event
-    # is the one that was written, so this is accepted (documented in the codec).
+def test_a_negative_index_on_an_optional_field_is_poison_too():
+    # On a two-branch ["null", T] union, fastavro's -1 selects T exactly as 1 does, so the
+    # decoded event would be the one written; it was accepted while only the payload was
+    # re-encoded. No Avro writer produces a negative index, and the generated reader is
+    # strict on every union, so both paths refuse it.
     event = SAMPLES["sent-full"]
     offset = (
         sum(1 + len(text) for text in (event.event_id, event.portal, event.connector))
@@ -868,7 +866,10 @@ def test_a_negative_index_on_an_optional_field_decodes_to_the_same_value():
     )
     assert BODY[offset : offset + 2] == b"\x02\x02"  # union branch 1, sequence = 1
     corrupt = VALID[:10] + BODY[:offset] + b"\x01" + BODY[offset + 1 :]
-    assert ChatEventDecoder().decode(corrupt) == event
+    for decoder in (ChatEventDecoder(), ChatEventDecoder(fast=False)):
+        error = _decode_error(decoder, corrupt)
+        assert (type(error), error.code) == (SchemaMismatch, "NON_CANONICAL")
+    assert ChatEventDecoder().decode(VALID) == event
 
 
 def test_a_record_truncated_inside_a_skipped_writer_field_is_poison():

@@ -492,7 +492,7 @@ def test_any_exception_from_fastavro_becomes_schema_mismatch(monkeypatch, error)
 
     monkeypatch.setattr(codec.fastavro, "schemaless_reader", explode)
     with pytest.raises(SchemaMismatch) as caught:
-        ChatEventDecoder().decode(value)
+        ChatEventDecoder(fast=False).decode(value)
     assert caught.value.code == "AVRO_DECODE"
     assert caught.value.__cause__ is error
     assert type(error).__name__ in str(caught.value)
@@ -507,8 +507,22 @@ def test_any_exception_while_building_the_event_becomes_schema_mismatch(monkeypa
 
     monkeypatch.setattr(codec, "event_from_record", explode)
     with pytest.raises(SchemaMismatch) as caught:
+        ChatEventDecoder(fast=False).decode(value)
+    assert caught.value.code == "AVRO_DECODE"
+
+
+@pytest.mark.parametrize("error", UNEXPECTED, ids=lambda e: type(e).__name__)
+def test_any_exception_from_the_generated_reader_becomes_schema_mismatch(monkeypatch, error):
+    value = ChatEventEncoder().encode(_events()[1])
+
+    def explode(buf: bytes, pos: int) -> Any:
+        raise error
+
+    monkeypatch.setattr(codec._get_bundle(), "fast_reader", explode)
+    with pytest.raises(SchemaMismatch) as caught:
         ChatEventDecoder().decode(value)
     assert caught.value.code == "AVRO_DECODE"
+    assert caught.value.__cause__ is error
 
 
 def test_registry_unavailable_still_passes_through_the_fuzzed_decoder():
