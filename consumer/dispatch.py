@@ -48,7 +48,6 @@ class Batch:
     line: int
     method: str
     calls: list[tuple[str, PendingCall]]
-    epoch: int = 0  # the partition assignment epoch; late results of a revoked one are dropped
     routes: list[tuple[str, int, int]] = field(default_factory=list)  # (topic, partition, epoch)
 
 

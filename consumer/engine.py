@@ -15,6 +15,7 @@ import logging
 import re
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,11 +49,11 @@ from consumer.kafka_io import (
     record_position,
     restore_reader,
 )
-from consumer.mapping import BATCHABLE, SEND
+from consumer.mapping import BATCHABLE
 from consumer.metrics import Metrics
 from consumer.ordering import Lane, Offer
 from consumer.settings import Settings
-from consumer.state import IN_FLIGHT, ChatState, PendingCall
+from consumer.state import IN_FLIGHT, QUEUED, ChatState, PendingCall
 
 logger = logging.getLogger(__name__)
 
@@ -158,7 +159,8 @@ class Engine:
         self._txn_chats: list[tuple[PartitionWork, str]] = []
         self._last_tick = 0.0
         self._last_gauges = 0.0
-        self._last_plan = 0.0
+        self._ready_queues: dict[tuple[str, str, int, str], deque[tuple[PartitionWork, str]]] = {}
+        self._ready_since: dict[tuple[str, str, int, str], float] = {}
         self._last_sweep = 0.0
         self._restoring = 0
         self.assigned = False
@@ -262,11 +264,14 @@ class Engine:
             self._last_tick = now
         batches = self._plan()
         interval = self.settings.engine.commit_interval_ms / 1000
-        # The send ledger: a send's in-flight mark must be committed before its request
-        # leaves. Other methods are idempotent, so they need not wait for a commit.
-        ledger = any(batch.method == SEND for batch in batches)
-        if ledger or now - self._last_commit >= interval:
-            self._commit()
+        # The send ledger: a call's in-flight mark is committed before its request leaves,
+        # so after a crash every call that may have reached the portal is known (and its
+        # resend recorded). Idempotent methods too: a restart must not replay calls the
+        # portal already took just because their completions were not committed yet.
+        due = batches or now - self._last_commit >= interval
+        if due and not self._commit() and batches:
+            self._unplan(batches)  # the marks are not durable: nothing may leave
+            batches = []
         for batch in batches:
             self.dispatcher.submit(batch)
         self._backpressure()
@@ -370,8 +375,7 @@ class Engine:
             work.held_renames.add(chat)
         else:
             work.held_renames.discard(chat)
-        if state.outbox and chat not in work.busy:
-            work.ready.add(chat)
+        self._make_ready(work, chat, state)
 
     # -- outcomes and dead letters -------------------------------------------------------
     def _count_outcome(self, outcome: str) -> None:
@@ -501,66 +505,107 @@ class Engine:
         self._outputs_since_commit += 1
 
     # -- dispatch ------------------------------------------------------------------------
-    def _plan(self) -> list[Batch]:
-        """Group the head calls of ready chats into requests; mark them in flight.
+    def _make_ready(self, work: PartitionWork, chat: str, state: ChatState) -> None:
+        """Queue the chat's head call for the next request of its method, once."""
+        if state.outbox and chat not in work.busy and chat not in work.ready:
+            work.ready.add(chat)
+            self._enqueue(work, chat, state.outbox[0].method)
 
-        Up to `max_in_flight_requests` requests run at once in the dispatcher; twice as
-        many may be planned so the next round is ready when a slot frees up.
+    def _enqueue(self, work: PartitionWork, chat: str, method: str) -> None:
+        portal, connector, line, _ = chat.split("|", 3)
+        group = (portal, connector, int(line), method)
+        waiting = self._ready_queues.get(group)
+        if waiting is None:
+            waiting = self._ready_queues[group] = deque()
+        if not waiting:
+            self._ready_since[group] = time.monotonic()
+        waiting.append((work, chat))
+
+    def _plan(self) -> list[Batch]:
+        """Turn queued head calls into requests; mark them in flight.
+
+        Head calls wait in one FIFO queue per portal/connector/line/method. A queue becomes
+        a request when it holds a full batch, when its oldest call has waited `linger_ms`
+        and a request slot is free, or at once when nothing is in flight (an idle service
+        adds no latency). Up to
+        `max_in_flight_requests` requests run at once in the dispatcher; twice as many may
+        be planned so the next round is ready when a slot frees up.
         """
-        room = 2 * self.settings.engine.max_in_flight_requests - self.dispatcher.in_flight
+        slots = self.settings.engine.max_in_flight_requests
+        in_flight = self.dispatcher.in_flight
+        room = 2 * slots - in_flight
         if room <= 0:
             return []
-        linger = self.settings.engine.linger_ms / 1000
-        if linger and self.dispatcher.in_flight and time.monotonic() - self._last_plan < linger:
-            # Requests are still out: wait a moment so this round's batches fill up.
-            ready = sum(len(work.ready) for work in self.parts.values())
-            if ready < self.settings.engine.batch_size:
-                return []
-        self._last_plan = time.monotonic()
         size = self.settings.engine.batch_size
-        open_batches: dict[tuple[str, str, int, str], Batch] = {}
+        linger = self.settings.engine.linger_ms / 1000
+        now = time.monotonic()
+        idle = not in_flight
+        # A partial batch may leave only into a free slot: while every slot is busy, a
+        # request would just queue behind the others, so its batch keeps filling instead.
+        partial_ok = in_flight < slots
         batches: list[Batch] = []
-        blocked: dict[str, bool] = {}
-        # Once no new request fits, keep filling the open batches, but stop looking after
-        # a bounded number of chats so a huge ready set is not rescanned every round.
-        budget = 4 * room * size
-        for work in self.parts.values():
-            if budget <= 0:
+        groups = sorted(
+            (g for g, waiting in self._ready_queues.items() if waiting),
+            key=self._ready_since.__getitem__,
+        )
+        for group in groups:
+            if room <= 0:
                 break
-            if work.revoking or not work.ready:
-                continue
-            taken: list[str] = []
-            for chat in work.ready:
-                budget -= 1
-                if budget <= 0:
-                    break
-                state = work.states.get(chat)
-                if not isinstance(state, ChatState) or not state.outbox or chat in work.busy:
-                    taken.append(chat)
-                    continue
-                head = state.outbox[0]
-                portal, connector, line, _ = chat.split("|", 3)
-                if portal not in blocked:
-                    blocked[portal] = not self.dispatcher.portal_has_capacity(portal)
-                if blocked[portal]:
-                    continue  # stays ready for a later round
-                group = (portal, connector, int(line), head.method)
-                batch = open_batches.get(group) if head.method in BATCHABLE else None
-                if batch is None or len(batch.calls) >= size:
-                    if len(batches) >= room:
-                        continue  # no request left this round; it stays ready
-                    batch = Batch(portal, connector, int(line), head.method, [], epoch=work.epoch)
+            portal, connector, line, method = group
+            if not self.dispatcher.portal_has_capacity(portal):
+                continue  # its calls pile up meanwhile, so the next request is a full one
+            waiting = self._ready_queues[group]
+            limit = size if method in BATCHABLE else 1
+            while waiting and room > 0:
+                lingered = now - self._ready_since[group] >= linger
+                if len(waiting) < limit and not (idle or (lingered and partial_ok)):
+                    break  # let the batch fill up
+                batch = Batch(portal, connector, line, method, [])
+                while waiting and len(batch.calls) < limit:
+                    self._take(batch, *waiting.popleft())
+                if batch.calls:
                     batches.append(batch)
-                    open_batches[group] = batch
-                batch.calls.append((chat, head))
-                batch.routes.append((work.topic, work.partition, work.epoch))
-                head.status = IN_FLIGHT
-                head.attempts += 1
-                work.busy.add(chat)
-                work.dirty.add(chat)
-                taken.append(chat)
-            work.ready.difference_update(taken)
+                    room -= 1
+                    in_flight += 1
+                    partial_ok = in_flight < slots
+            if waiting:
+                self._ready_since[group] = now
         return batches
+
+    def _unplan(self, batches: list[Batch]) -> None:
+        """Put planned calls back in their queues (their transaction was aborted)."""
+        for batch in batches:
+            for (chat, call), (topic, partition, epoch) in zip(
+                batch.calls, batch.routes, strict=True
+            ):
+                work = self.parts.get((topic, partition))
+                if work is None or work.epoch != epoch:
+                    continue
+                call.status = QUEUED
+                call.attempts -= 1
+                work.busy.discard(chat)
+                work.dirty.add(chat)
+                self._make_ready(work, chat, work.state(chat))
+
+    def _take(self, batch: Batch, work: PartitionWork, chat: str) -> None:
+        """Add a queued chat's head call to `batch`, unless the entry went stale."""
+        if work.revoking or self.parts.get((work.topic, work.partition)) is not work:
+            return
+        state = work.states.get(chat)
+        if not isinstance(state, ChatState) or not state.outbox or chat in work.busy:
+            work.ready.discard(chat)
+            return
+        head = state.outbox[0]
+        if head.method != batch.method:  # the head changed (e.g. a superseded rename)
+            self._enqueue(work, chat, head.method)
+            return
+        work.ready.discard(chat)
+        batch.calls.append((chat, head))
+        batch.routes.append((work.topic, work.partition, work.epoch))
+        head.status = IN_FLIGHT
+        head.attempts += 1
+        work.busy.add(chat)
+        work.dirty.add(chat)
 
     def _apply_completions(self) -> None:
         for done in self.dispatcher.drain():
@@ -576,6 +621,7 @@ class Engine:
             work.busy.discard(chat)
             state = work.state(chat)
             if not state.outbox or state.outbox[0] is not result.call:
+                self._make_ready(work, chat, state)
                 continue
             before = _pending_of(state)
             call = result.call
@@ -832,8 +878,7 @@ class Engine:
             work.pending += _pending_of(state) - before
             if state.held_rename is not None:
                 work.held_renames.add(chat)
-            if state.outbox:
-                work.ready.add(chat)
+            self._make_ready(work, chat, state)
         logger.info(
             "restored %d chat states of %s[%d] from %d records in %.2fs",
             len(states),
@@ -861,6 +906,9 @@ class Engine:
                 break
         for work in works:
             del self.parts[(work.topic, work.partition)]
+        revoked = {id(work) for work in works}
+        for group, waiting in self._ready_queues.items():  # drop the revoked chats' entries
+            self._ready_queues[group] = deque(e for e in waiting if id(e[0]) not in revoked)
         self.metrics.assigned_partitions.set(len(self.parts))
         self.assigned = bool(self.parts)
 

@@ -348,7 +348,10 @@ def check_calls(
                 matched += 1
                 continue
             # Anything else must be a repeat of the call just made, recorded as ambiguous.
-            assert matched and call == expected[matched - 1], f"{chat}: unexpected {call}"
+            assert matched and call == expected[matched - 1], (
+                f"{chat}: unexpected {call} after {matched} expected calls; "
+                f"seen {seen.get(chat)}, expected {expected}"
+            )
             events = ident_to_event[(chat, call[0], call[1])]
             assert any(ambiguous[e] for e in events), f"{chat}: {call} twice, not ambiguous"
             repeats += 1
