@@ -51,7 +51,7 @@ from consumer.kafka_io import (
 )
 from consumer.mapping import BATCHABLE
 from consumer.metrics import Metrics
-from consumer.ordering import Lane, Offer
+from consumer.ordering import Lane, Offer, admit, classify
 from consumer.settings import Settings
 from consumer.state import IN_FLIGHT, QUEUED, ChatState, PendingCall
 
@@ -315,6 +315,16 @@ class Engine:
         state = work.state(chat)
         lane = work.lanes.get(chat)
         if lane is None:
+            # Nothing held for this chat: the next event in order, a redrive or a duplicate
+            # needs no lane (the common case, so no per-event buffer objects).
+            admission = classify(state, event)
+            if admission == "duplicate":
+                self._record_skip(work, chat, held, "duplicate")
+                return
+            if admission in ("new", "redrive"):
+                admit(state, event, admission, self.settings.engine.dedup_window)
+                self._apply(work, chat, state, held)
+                return
             lane = Lane(
                 self.settings.engine.reorder_buffer_per_chat,
                 self.settings.engine.dedup_window,

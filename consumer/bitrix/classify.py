@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+import orjson
 
 from consumer.errors import (
     AmbiguousError,
@@ -67,8 +68,8 @@ def _retry_after(response: httpx.Response) -> float | None:
 def check_response(response: httpx.Response) -> dict[str, Any]:
     """Return the decoded envelope of a successful call, or raise the classified error."""
     try:
-        body = response.json()
-    except ValueError:
+        body = orjson.loads(response.content)
+    except ValueError:  # orjson.JSONDecodeError included
         body = None
     if not isinstance(body, dict):
         raise classify_error(

@@ -10,11 +10,14 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+import orjson
 
 from consumer.bitrix.classify import check_response, classify_transport
 from consumer.bitrix.oauth import PortalTokens, TokenSet, TokenStore
 from consumer.errors import AuthError, AuthFailed, ConfigError
 from consumer.settings import HttpSettings, PortalSettings
+
+_JSON = {"Content-Type": "application/json"}
 
 
 def seed_tokens(settings: PortalSettings) -> TokenSet | None:
@@ -88,7 +91,9 @@ class BitrixClient:
             endpoint = current.client_endpoint or self.portals[portal].rest_url
             try:
                 response = await self._http.post(
-                    f"{endpoint}{method}", json={**params, "auth": current.access_token}
+                    f"{endpoint}{method}",
+                    content=orjson.dumps({**params, "auth": current.access_token}),
+                    headers=_JSON,
                 )
             except httpx.HTTPError as exc:
                 raise classify_transport(exc) from None
