@@ -543,9 +543,11 @@ class Engine:
         """
         slots = self.settings.engine.max_in_flight_requests
         in_flight = self.dispatcher.in_flight
-        room = 2 * slots - in_flight
-        if room <= 0:
+        if in_flight > slots:
+            # Requests still queue behind busy slots: plan the next round once they have
+            # all started, so one ledger commit covers a whole round instead of one batch.
             return []
+        room = 2 * slots - in_flight
         size = self.settings.engine.batch_size
         linger = self.settings.engine.linger_ms / 1000
         now = time.monotonic()

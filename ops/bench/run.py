@@ -51,6 +51,7 @@ CONNECTOR = "bench_connector"
 LINE = 1
 PARTITIONS = 6
 OUTCOMES = "imconnector_event_outcomes_total"
+REBALANCES = "imconnector_rebalances_total"
 BASE_MS = 1_760_000_000_000  # event times start here: the workload is the same on every run
 
 # Targets (2-core machine).
@@ -187,9 +188,11 @@ class EngineProcess:
         workdir: Path,
         extra_env: dict[str, str],
         profile_to: Path | None = None,
+        instance: str | None = None,
     ) -> None:
         self.port = free_port()
         self.group = group
+        instance = instance or group
         portal = {
             "rest_url": sim.rest_url,
             "oauth_url": f"{sim.url}/oauth/token/",
@@ -207,7 +210,7 @@ class EngineProcess:
                 "IMCONNECTOR_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
                 "IMCONNECTOR_SOURCE_TOPICS": topic,
                 "IMCONNECTOR_GROUP_ID": group,
-                "IMCONNECTOR_INSTANCE_ID": group,
+                "IMCONNECTOR_INSTANCE_ID": instance,
                 "IMCONNECTOR_OUTCOMES_TOPIC": f"{group}.outcomes",
                 "IMCONNECTOR_TOKENS_TOPIC": f"{group}.tokens",
                 "IMCONNECTOR_PORTALS": json.dumps({PORTAL: portal}),
@@ -219,7 +222,7 @@ class EngineProcess:
                 **extra_env,
             }
         )
-        self.log_path = workdir / f"{group}.log"
+        self.log_path = workdir / f"{instance}.log"
         self._log = self.log_path.open("wb")
         command = [sys.executable]
         if profile_to is not None:
@@ -594,6 +597,76 @@ class Bench:
         )
         return result
 
+    def replicas_throughput(
+        self, label: str, topic: str, workload: Workload, replicas: int, timeout: float
+    ) -> dict[str, Any]:
+        """`replicas` service processes in one group (how the service scales: one per core
+        or pod), 0 ms latency. Timed from the moment all are ready (joined, restored), over
+        the records finished after that moment; a rebalance after it voids the run."""
+        self.sim.reset(0.0)
+        records = len(workload.records)
+        group = self.name(label)
+        engines = [
+            EngineProcess(
+                self.args.bootstrap,
+                topic,
+                group,
+                self.sim,
+                self.workdir,
+                self.extra_env,
+                instance=f"{group}-r{i}",
+            )
+            for i in range(replicas)
+        ]
+
+        def totals() -> tuple[float, float]:
+            done = revokes = 0.0
+            for engine in engines:
+                for sample in engine.samples():
+                    if sample.name == OUTCOMES:
+                        done += sample.value
+                    elif sample.name == REBALANCES and sample.labels.get("type") == "revoke":
+                        revokes += sample.value
+            return done, revokes
+
+        try:
+            for engine in engines:
+                engine.wait_ready()
+            start_done, start_revokes = totals()
+            started = time.monotonic()
+            cpu0 = sum(cpu_seconds(e.proc.pid) for e in engines), cpu_seconds(self.sim.proc.pid)
+            while True:
+                done, revokes = totals()
+                now = time.monotonic()
+                if done >= records or now >= started + timeout:
+                    break
+                time.sleep(0.25)
+            cpu1 = sum(cpu_seconds(e.proc.pid) for e in engines), cpu_seconds(self.sim.proc.pid)
+        finally:
+            for engine in engines:
+                engine.stop()
+        elapsed = now - started
+        measured = done - start_done
+        result = {
+            "records": records,
+            "replicas": replicas,
+            "done": int(done),
+            "measured": int(measured),
+            "complete": done >= records,
+            "rebalanced": revokes > start_revokes,
+            "elapsed_s": elapsed,
+            "eps": measured / elapsed if elapsed > 0 else 0.0,
+            "calls": call_summary(self.sim.calls()),
+            "cpu_engine": (cpu1[0] - cpu0[0]) / elapsed if elapsed > 0 else 0.0,
+            "cpu_sim": (cpu1[1] - cpu0[1]) / elapsed if elapsed > 0 else 0.0,
+        }
+        log(
+            f"{label}: {int(measured)} records in {elapsed:.1f}s after all {replicas} were "
+            f"ready = {result['eps']:,.0f}/s (service CPU {result['cpu_engine']:.2f} cores, "
+            f"simulator {result['cpu_sim']:.2f}{', REBALANCED' if result['rebalanced'] else ''})"
+        )
+        return result
+
     def naive_throughput(
         self, label: str, topic: str, latency_ms: float, budget: float, max_records: int
     ) -> dict[str, Any]:
@@ -873,6 +946,18 @@ def build_table(bench: Bench) -> str:
             verdict(ok0) + (" (aim met)" if e0 and e0["eps"] >= AIM_EPS else ""),
         ]
     )
+    rep = r.get("replicas_0")
+    if rep:
+        ok = rep["eps"] >= TARGET_EPS and not rep["rebalanced"]
+        rows.append(
+            [
+                f"events/s end to end, 0 ms, {rep['replicas']} replicas (one per core)",
+                f">= {TARGET_EPS:,} (aim {AIM_EPS:,})",
+                fmt_rate(rep) + (" REBALANCED" if rep["rebalanced"] else ""),
+                "n/a",
+                verdict(ok) + (" (aim met)" if rep["eps"] >= AIM_EPS else ""),
+            ]
+        )
     speedup = e50["eps"] / n50["eps"] if e50 and n50 and n50["eps"] else None
     rows.append(
         [
@@ -1097,6 +1182,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="FILE",
         help="run the 0 ms service run under cProfile (poll thread), stats to FILE",
     )
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        default=2,
+        help="also run this many service processes in one group at 0 ms (default 2: one "
+        "per core here; 1 skips that run)",
+    )
     parser.add_argument("--keep-topics", action="store_true")
     parser.add_argument("--restore-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--run-id", default=None, help=argparse.SUPPRESS)
@@ -1186,6 +1278,20 @@ def main(argv: list[str] | None = None) -> int:
                     ),
                 ),
             ]
+            if args.replicas > 1:
+                phases.insert(
+                    2,
+                    (
+                        "replicas_0",
+                        lambda: bench.replicas_throughput(
+                            f"service-{args.replicas}x-0ms",
+                            topic,
+                            workload,
+                            args.replicas,
+                            args.engine_budget,
+                        ),
+                    ),
+                )
             if not args.skip_restore:
                 phases.append(("restore", lambda: bench.restore(args.states)))
             for key, phase in phases:
