@@ -467,7 +467,7 @@ class ChatEventDecoder:
         self._registry = registry
         self._bundle = _get_bundle()
         self._fast_reader = self._bundle.fast_reader if fast else None
-        self._risks: dict[int, tuple[Any, str | None, bool]] = {}
+        self._risks: dict[int, tuple[Any, str | None, bool, bool]] = {}
 
     def decode(self, value: bytes | None) -> ChatEvent:
         """Decode one record value."""
@@ -492,13 +492,19 @@ class ChatEventDecoder:
             writer = self._registry.get_schema(schema_id)
             checked = self._risks.get(id(writer))
             if checked is None or checked[0] is not writer:
-                checked = (writer, *writer_risks(writer))
+                # A registered copy of the bundled reader (the usual case) encodes exactly
+                # like it, so its records take the bundled reader's strict fast path.
+                risk, recursive = writer_risks(writer)
+                same = risk is None and self._is_reader(writer)
+                checked = (writer, risk, recursive, same)
                 self._risks[id(writer)] = checked
             if checked[1] is not None:
                 raise SchemaMismatch(
                     f"schema id {schema_id} cannot be read safely: {checked[1]}",
                     code="UNSUPPORTED_WRITER_SCHEMA",
                 )
+            if checked[3]:
+                return self._read(value, 5, self._bundle.reader)
             return self._read(value, 5, writer, pure_python=checked[2])
         if value[:2] == SINGLE_OBJECT_MAGIC:
             if len(value) < 10:
@@ -516,6 +522,13 @@ class ChatEventDecoder:
             "single-object encoding (0xC3 0x01)",
             code="UNKNOWN_MAGIC",
         )
+
+    def _is_reader(self, writer: Any) -> bool:
+        """True when `writer` has the bundled reader's canonical form."""
+        try:
+            return _fingerprint(writer) == self._bundle.reader_fingerprint
+        except Exception:  # noqa: BLE001 - an odd schema is simply not the reader
+            return False
 
     def _read(self, value: bytes, offset: int, writer: Any, pure_python: bool = False) -> ChatEvent:
         """Decode exactly one datum, refusing corrupt bytes fastavro would accept.

@@ -268,6 +268,31 @@ def test_confluent_framing_is_a_zero_byte_then_the_big_endian_schema_id(registry
     assert registry.fetched == [CONFLUENT_ID]
 
 
+def test_a_registered_copy_of_the_reader_takes_the_strict_generated_reader(registry, monkeypatch):
+    """Confluent records whose registry schema *is* the bundled reader (by canonical form)
+    decode without fastavro; a different writer schema still resolves through fastavro."""
+    event = SAMPLES["read"]
+    value = ChatEventEncoder("confluent", registry).encode(event)
+    other = copy.deepcopy(READER_RAW)
+    other["doc"] = "a registered copy: docs differ, canonical form does not"
+    registry.add(7, other)
+    copy_value = b"\x00" + struct.pack(">I", 7) + value[5:]
+    overlong = value[:-1] + bytes([value[-1] | 0x80, 0x00])  # a non-minimal last varint
+
+    def no_fastavro(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("fastavro was used")
+
+    monkeypatch.setattr(fastavro, "schemaless_reader", no_fastavro)
+    decoder = ChatEventDecoder(registry)
+    assert decoder.decode(value) == event
+    assert decoder.decode(copy_value) == event
+    with pytest.raises(SchemaMismatch):
+        decoder.decode(overlong)
+    registry.add(8, {**READER_RAW, "fields": READER_RAW["fields"][:-1]})  # not the reader
+    with pytest.raises(SchemaMismatch, match="fastavro was used"):
+        decoder.decode(b"\x00" + struct.pack(">I", 8) + value[5:])
+
+
 def test_the_independent_fingerprint_agrees_with_fastavro_on_other_schemas():
     for schema in ('"int"', '"null"', '{"type":"array","items":"string"}'):
         assert struct.pack("<Q", _rabin(schema.encode())) == bytes.fromhex(

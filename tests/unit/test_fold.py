@@ -188,6 +188,33 @@ def test_state_round_trips_through_the_changelog_codec():
     assert again.deleted == ["m0"] and again.watermark == 0
 
 
+def test_a_calls_changing_fields_reach_the_changelog_after_it_was_encoded_once():
+    """Each call's fixed part is encoded once and reused; its status and counters are
+    re-encoded every time (a stale in-flight mark would break the send ledger)."""
+    state = ChatState(session=True)
+    feed(state, ev(MessageSent("m1", "x", files=()), 2))
+    call = state.outbox[0]
+    call.raw, call.raw_key, call.headers = b"\x01\xff", b"k", (("h", b"\x00v"),)
+    first = ChatState.from_bytes(state.to_bytes()).outbox[0]
+    assert (first.status, first.attempts, first.raw, first.headers) == (
+        QUEUED,
+        0,
+        b"\x01\xff",
+        (("h", b"\x00v"),),
+    )
+    call.status, call.attempts, call.first_failure_ms = IN_FLIGHT, 2, 123
+    call.held_since_ms, call.redrive_count = 45, 1
+    again = ChatState.from_bytes(state.to_bytes()).outbox[0]
+    assert (
+        again.status,
+        again.attempts,
+        again.first_failure_ms,
+        again.held_since_ms,
+        again.redrive_count,
+    ) == (IN_FLIGHT, 2, 123, 45, 1)
+    assert (again.event_id, again.element, again.raw_key) == (call.event_id, call.element, b"k")
+
+
 def test_a_gap_is_given_up_only_after_the_partition_was_read_to_its_end():
     from consumer.ordering import Lane
 
