@@ -537,9 +537,9 @@ class Engine:
         Head calls wait in one FIFO queue per portal/connector/line/method. A queue becomes
         a request when it holds a full batch, when its oldest call has waited `linger_ms`
         and a request slot is free, or at once when nothing is in flight (an idle service
-        adds no latency). Up to
-        `max_in_flight_requests` requests run at once in the dispatcher; twice as many may
-        be planned so the next round is ready when a slot frees up.
+        adds no latency). Up to `max_in_flight_requests` requests run at once in the
+        dispatcher; a new round (up to twice that many, one ledger commit) is planned once
+        the previous round's requests have all started.
         """
         slots = self.settings.engine.max_in_flight_requests
         in_flight = self.dispatcher.in_flight
