@@ -18,7 +18,7 @@ import time
 import uuid
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any, Literal, cast
+from typing import Any, Literal, NamedTuple, cast
 
 import fastavro
 import httpx
@@ -453,6 +453,15 @@ def event_to_record(event: ChatEvent) -> dict[str, Any]:
     }
 
 
+class _WriterCheck(NamedTuple):
+    """What the decoder found out about one registry writer schema (kept per object)."""
+
+    writer: Any
+    risk: str | None  # why its records cannot be read safely, if they cannot
+    recursive: bool  # needs the pure-Python reader (bounded recursion)
+    is_reader: bool  # the bundled reader's canonical form: the generated reader applies
+
+
 class ChatEventDecoder:
     """Decodes record values in either wire format into `ChatEvent`s.
 
@@ -467,7 +476,7 @@ class ChatEventDecoder:
         self._registry = registry
         self._bundle = _get_bundle()
         self._fast_reader = self._bundle.fast_reader if fast else None
-        self._risks: dict[int, tuple[Any, str | None, bool, bool]] = {}
+        self._checked: dict[int, _WriterCheck] = {}
 
     def decode(self, value: bytes | None) -> ChatEvent:
         """Decode one record value."""
@@ -490,22 +499,22 @@ class ChatEventDecoder:
                     code="NO_REGISTRY",
                 )
             writer = self._registry.get_schema(schema_id)
-            checked = self._risks.get(id(writer))
-            if checked is None or checked[0] is not writer:
+            checked = self._checked.get(id(writer))
+            if checked is None or checked.writer is not writer:
+                risk, recursive = writer_risks(writer)
                 # A registered copy of the bundled reader (the usual case) encodes exactly
                 # like it, so its records take the bundled reader's strict fast path.
-                risk, recursive = writer_risks(writer)
                 same = risk is None and self._is_reader(writer)
-                checked = (writer, risk, recursive, same)
-                self._risks[id(writer)] = checked
-            if checked[1] is not None:
+                checked = _WriterCheck(writer, risk, recursive, same)
+                self._checked[id(writer)] = checked
+            if checked.risk is not None:
                 raise SchemaMismatch(
-                    f"schema id {schema_id} cannot be read safely: {checked[1]}",
+                    f"schema id {schema_id} cannot be read safely: {checked.risk}",
                     code="UNSUPPORTED_WRITER_SCHEMA",
                 )
-            if checked[3]:
+            if checked.is_reader:
                 return self._read(value, 5, self._bundle.reader)
-            return self._read(value, 5, writer, pure_python=checked[2])
+            return self._read(value, 5, writer, pure_python=checked.recursive)
         if value[:2] == SINGLE_OBJECT_MAGIC:
             if len(value) < 10:
                 raise UnknownWireFormat("single-object header truncated", code="TRUNCATED")
