@@ -23,6 +23,7 @@ from consumer.errors import PoisonRecord
 from consumer.events import ChatEvent, ExternalUser, MessageSent, chat_key
 from consumer.mapping import SEND
 from consumer.simulator import SimulatorConfig, SimulatorServer
+from tests.avro_bytes import zigzag
 from tests.integration.harness import (
     CONNECTOR,
     LINE,
@@ -62,16 +63,6 @@ class Planned:
     code: str | None = None  # the dead-letter code a poison record must carry
     partition: int = -1
     offset: int = -1
-
-
-def _zigzag(n: int) -> bytes:
-    n = ((n << 1) ^ (n >> 63)) & (2**64 - 1)
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
 
 
 def _header_length(value: bytes) -> int:
@@ -114,7 +105,7 @@ def huge_length(rng: random.Random, value: bytes) -> tuple[bytes | None, str | N
     header = _header_length(value)
     assert value[header] == 0x48  # the 36-character event id opens the datum
     size = rng.choice((2**60, 2**62, 2**63 - 1, -(2**60)))
-    return value[:header] + _zigzag(size) + value[header + 37 :], "AVRO_DECODE"
+    return value[:header] + zigzag(size) + value[header + 37 :], "AVRO_DECODE"
 
 
 def empty(rng: random.Random, value: bytes) -> tuple[bytes | None, str | None]:

@@ -34,6 +34,7 @@ from consumer.events import (
     ReadConfirmed,
 )
 from consumer.workload import Mix, chat_script
+from tests.avro_bytes import zigzag
 
 FAST = ChatEventDecoder()
 SLOW = ChatEventDecoder(fast=False)
@@ -58,16 +59,6 @@ INT64_EDGES = (
     2**56,
     2**63 - 1,
 )
-
-
-def _zigzag(n: int) -> bytes:
-    n = ((n << 1) ^ (n >> 63)) & (2**64 - 1)
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
 
 
 def _outcome(decoder: ChatEventDecoder, value: bytes) -> ChatEvent | PoisonRecord:
@@ -263,20 +254,20 @@ CORRUPT: list[tuple[str, bytes, str]] = [
     ("optional index 2", _record(sequence=b"\x04\x02"), "AVRO_DECODE"),
     ("payload index 6", _record(payload_index=b"\x0c"), "AVRO_DECODE"),
     ("payload index 64", _record(payload_index=b"\x80\x01"), "AVRO_DECODE"),
-    ("payload index 2^62", _record(payload_index=_zigzag(2**62)), "AVRO_DECODE"),
+    ("payload index 2^62", _record(payload_index=zigzag(2**62)), "AVRO_DECODE"),
     # ints outside 32 bits (a long's varint in an int field)
-    ("int 2^31", _record(line=_zigzag(2**31)), "AVRO_DECODE"),
-    ("int -2^31-1", _record(line=_zigzag(-(2**31) - 1)), "AVRO_DECODE"),
-    ("int 2^62", _record(line=_zigzag(2**62)), "AVRO_DECODE"),
-    ("optional int 2^31", _record(operator_id=b"\x02" + _zigzag(2**31)), "AVRO_DECODE"),
+    ("int 2^31", _record(line=zigzag(2**31)), "AVRO_DECODE"),
+    ("int -2^31-1", _record(line=zigzag(-(2**31) - 1)), "AVRO_DECODE"),
+    ("int 2^62", _record(line=zigzag(2**62)), "AVRO_DECODE"),
+    ("optional int 2^31", _record(operator_id=b"\x02" + zigzag(2**31)), "AVRO_DECODE"),
     # lengths: negative, past the end, huge (the record is ~40 bytes)
     ("negative string length", _record(event_id=b"\x01e"), "AVRO_DECODE"),
-    ("string length -2^63", _record(event_id=_zigzag(-(2**63)) + b"e"), "AVRO_DECODE"),
+    ("string length -2^63", _record(event_id=zigzag(-(2**63)) + b"e"), "AVRO_DECODE"),
     ("string past the end", _record(chat_id=b"\x7ex"), "AVRO_DECODE"),
-    ("string length 2^62", _record(portal=_zigzag(2**62) + b"p"), "AVRO_DECODE"),
-    ("string length 2^63-1", _record(portal=_zigzag(2**63 - 1) + b"p"), "AVRO_DECODE"),
-    ("array count 2^60", _record(files=_zigzag(2**60) + b"\x02u\x00\x00"), "AVRO_DECODE"),
-    ("array count -2^60", _record(files=_zigzag(-(2**60)) + b"\x02u\x00\x00"), "AVRO_DECODE"),
+    ("string length 2^62", _record(portal=zigzag(2**62) + b"p"), "AVRO_DECODE"),
+    ("string length 2^63-1", _record(portal=zigzag(2**63 - 1) + b"p"), "AVRO_DECODE"),
+    ("array count 2^60", _record(files=zigzag(2**60) + b"\x02u\x00\x00"), "AVRO_DECODE"),
+    ("array count -2^60", _record(files=zigzag(-(2**60)) + b"\x02u\x00\x00"), "AVRO_DECODE"),
     ("array count past the end", _record(files=b"\x7e\x02u\x00\x00"), "AVRO_DECODE"),
     # strings that are not UTF-8
     ("invalid start byte", _record(event_id=b"\x02\xff"), "AVRO_DECODE"),
@@ -336,12 +327,12 @@ def test_the_corrupt_table_covers_every_rule_of_the_generated_reader():
 @pytest.mark.parametrize(
     "pieces",
     [
-        {"line": _zigzag(2**31 - 1)},
-        {"line": _zigzag(-(2**31))},
-        {"operator_id": b"\x02" + _zigzag(-(2**31))},
-        {"occurred_at": _zigzag(2**63 - 1)},
-        {"occurred_at": _zigzag(-(2**63))},
-        {"sequence": b"\x02" + _zigzag(-(2**63))},
+        {"line": zigzag(2**31 - 1)},
+        {"line": zigzag(-(2**31))},
+        {"operator_id": b"\x02" + zigzag(-(2**31))},
+        {"occurred_at": zigzag(2**63 - 1)},
+        {"occurred_at": zigzag(-(2**63))},
+        {"sequence": b"\x02" + zigzag(-(2**63))},
         {"sequence": b"\x00"},
         {"disable_crm": b"\x01"},
         {"files": b"\x00"},
@@ -407,7 +398,7 @@ def _mutate(rng: random.Random, base: bytes) -> bytes:
         if body[at] < 0x80:
             body[at : at + 1] = bytes([body[at] | 0x80]) + b"\x80" * rng.randint(0, 2) + b"\x00"
     elif kind == 6:  # a varint replaced with an interesting number (same or other width)
-        body[at : at + rng.randint(1, 2)] = _zigzag(rng.choice(INTERESTING))
+        body[at : at + rng.randint(1, 2)] = zigzag(rng.choice(INTERESTING))
     elif kind == 7:  # an even byte (a union index, a length) turned odd: negative
         if body[at] < 0x80:
             body[at] ^= 1

@@ -55,6 +55,7 @@ from consumer.events import (
     MessageSent,
     ReadConfirmed,
 )
+from tests.avro_bytes import zigzag
 
 ROOT = Path(__file__).resolve().parents[2]
 READER_RAW: dict[str, Any] = schemas.released_versions()[-1][1]
@@ -844,18 +845,8 @@ def test_a_huge_count_of_zero_width_array_items_is_poison_not_a_hang():
     )
     body = _avro(writer, SAMPLES["deleted"])  # ... payload, then marks: 00 (empty array)
     assert body.endswith(b"\x00")
-    value = _confluent(6, body[:-1] + _zigzag(2**60) + b"\x00")  # 2^60 nulls in 15 bytes
+    value = _confluent(6, body[:-1] + zigzag(2**60) + b"\x00")  # 2^60 nulls in 15 bytes
     assert _decode_in_child(writer, value) == "SchemaMismatch UNSUPPORTED_WRITER_SCHEMA"
-
-
-def _zigzag(n: int) -> bytes:
-    n = ((n << 1) ^ (n >> 63)) & (2**64 - 1)
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
 
 
 def test_a_negative_payload_branch_index_is_poison_not_another_event_kind():
@@ -905,6 +896,6 @@ def test_a_record_truncated_inside_a_skipped_writer_field_is_poison():
     body = _avro(writer, SAMPLES["deleted"], attachment=b"")
     assert body.endswith(b"\x00")  # the empty `attachment`
     assert decoder.decode(_confluent(8, body)) == SAMPLES["deleted"]
-    truncated = body[:-1] + _zigzag(1000) + b"only a few bytes"  # declares 1000, has 16
+    truncated = body[:-1] + zigzag(1000) + b"only a few bytes"  # declares 1000, has 16
     error = _decode_error(decoder, _confluent(8, truncated))
     assert error.code in {"AVRO_DECODE", "TRUNCATED"}

@@ -45,6 +45,7 @@ from consumer.events import (
     MessageSent,
     ReadConfirmed,
 )
+from tests.avro_bytes import zigzag
 
 SEED = 0x1C0DEC
 PAYLOADS = 100_000
@@ -106,16 +107,6 @@ def _older_writer() -> dict[str, Any]:
 
 OLDER_RAW = _older_writer()
 REGISTRY_IDS = {1: READER_RAW, 2: OLDER_RAW}
-
-
-def _zigzag(n: int) -> bytes:
-    n = ((n << 1) ^ (n >> 63)) & (2**64 - 1)
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
 
 
 def _events() -> list[ChatEvent]:
@@ -241,7 +232,7 @@ def unknown_schema_id(rng: random.Random, base: bytes, header: int) -> Mutation:
 
 def huge_varint(rng: random.Random, base: bytes, header: int) -> Mutation:
     varint = rng.choice(
-        (_zigzag(rng.choice(HUGE)), b"\xff" * 10 + b"\x01", b"\xff" * 20, b"\x80" * 9)
+        (zigzag(rng.choice(HUGE)), b"\xff" * 10 + b"\x01", b"\xff" * 20, b"\x80" * 9)
     )
     at = rng.randrange(header, len(base))
     if rng.random() < 0.5:
@@ -253,7 +244,7 @@ def huge_first_length(rng: random.Random, base: bytes, header: int) -> Mutation:
     # The datum opens with event_id: a 36-character string (length byte 0x48).
     assert base[header] == 0x48
     size = rng.choice(HUGE)
-    return base[:header] + _zigzag(size) + base[header + 37 :], "AVRO_DECODE"
+    return base[:header] + zigzag(size) + base[header + 37 :], "AVRO_DECODE"
 
 
 def random_bytes(rng: random.Random, base: bytes, header: int) -> Mutation:
@@ -418,7 +409,7 @@ def _huge_targets() -> dict[str, tuple[bytes, bytes]]:
 @pytest.mark.parametrize("target", list(_huge_targets()))
 def test_a_huge_declared_length_is_poison_and_allocates_nothing(target, size):
     prefix, suffix = _huge_targets()[target]
-    value = prefix + _zigzag(size) + suffix + b"\x00" * 64
+    value = prefix + zigzag(size) + suffix + b"\x00" * 64
     decoder = ChatEventDecoder()
     decoder.decode(ChatEventEncoder().encode(_events()[0]))  # warm
     tracemalloc.start()
@@ -449,7 +440,7 @@ def test_a_huge_declared_length_in_a_skipped_writer_field_allocates_nothing():
     assert body.endswith(b"\x00")
     decoder = ChatEventDecoder(registry)
     for size in (2**60, 2**63 - 1, -(2**63)):
-        value = b"\x00" + struct.pack(">I", 9) + body[:-1] + _zigzag(size) + b"tail"
+        value = b"\x00" + struct.pack(">I", 9) + body[:-1] + zigzag(size) + b"tail"
         tracemalloc.start()
         try:
             with contextlib.suppress(PoisonRecord):
