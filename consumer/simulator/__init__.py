@@ -1,4 +1,4 @@
-"""A Bitrix24 portal simulator (imconnector REST, OAuth, limits, faults) plus a schema registry.
+"""A Bitrix24 portal simulator (imconnector REST, `batch`, OAuth, limits, faults) + a registry.
 
 Start one in-process with `SimulatorServer(SimulatorConfig(...)).start()`, or from the
 command line with `imconnector-consumer simulate` / `python -m consumer.simulator`.

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import asdict, dataclass
 from typing import Any
+from urllib.parse import unquote_plus
 
 REDACTED = "[REDACTED]"
 SECRET_KEYS = frozenset({"auth", "access_token", "refresh_token", "client_secret", "password"})
@@ -22,12 +23,30 @@ def redact(value: Any) -> Any:
     return value
 
 
+def redact_query(command: str) -> str:
+    """A `batch` sub-request `"method?a=1&auth=T"` with secret-named values replaced.
+
+    Only the secret pairs are rewritten, so the rest reads exactly as the client sent it.
+    """
+    head, sep, query = command.partition("?")
+    if not sep:
+        return command
+    pairs = []
+    for pair in query.split("&"):
+        name, eq, _ = pair.partition("=")
+        secret = unquote_plus(name).partition("[")[0].lower() in SECRET_KEYS
+        pairs.append(f"{name}={REDACTED}" if eq and secret else pair)
+    return head + sep + "&".join(pairs)
+
+
 @dataclass(frozen=True)
 class CallRecord:
     """One received call and what became of it.
 
     `http_status` is what the client got (None when a hang or reset withheld the
-    answer); `applied` says whether the call changed portal state.
+    answer); `applied` says whether the call changed portal state. A sub-call of a REST
+    `batch` has `batch` = the `index` of the batch's own record (and the batch's
+    `http_status`); HTTP requests are the records whose `batch` is None.
     """
 
     index: int
@@ -39,6 +58,7 @@ class CallRecord:
     error: str | None
     fault: str | None
     applied: bool
+    batch: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -62,6 +82,7 @@ class CallLog:
         error: str | None,
         fault: str | None,
         applied: bool,
+        batch: int | None = None,
     ) -> CallRecord:
         record = CallRecord(
             index=self._next_index,
@@ -73,6 +94,7 @@ class CallLog:
             error=error,
             fault=fault,
             applied=applied,
+            batch=batch,
         )
         self._next_index += 1
         self._records.append(record)

@@ -46,6 +46,14 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--error-rate", type=float, default=None, help="fraction of calls answered with HTTP 500"
     )
+    parser.add_argument(
+        "--no-batch-imconnector",
+        dest="batch_imconnector",
+        action="store_const",
+        const=False,
+        default=None,
+        help="refuse imconnector.* inside batch (ERROR_BATCH_METHOD_NOT_ALLOWED)",
+    )
     parser.add_argument("--seed", type=int, default=None, help="fault RNG seed (reproducible)")
     parser.add_argument(
         "--tokens-file",
@@ -66,6 +74,7 @@ def build_config(args: argparse.Namespace) -> SimulatorConfig:
         "latency_ms": args.latency_ms,
         "error_rate": args.error_rate,
         "seed": args.seed,
+        "batch_imconnector": args.batch_imconnector,
     }
     changes = {key: value for key, value in overrides.items() if value is not None}
     if args.lines:

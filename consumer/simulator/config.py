@@ -46,6 +46,8 @@ class SimulatorConfig:
     element (MESSAGES entry, or 1 for other calls); 0 means the budget never trips.
     `legacy_errors` answers whole-call failures of send/update/delete/status methods
     the old way: HTTP 200 with `result.SUCCESS=false` (reference §3.7 version caveat).
+    `batch_imconnector` lets `imconnector.*` run inside `batch`; undocumented on a real
+    portal (reference §1 item 8), so False refuses them with ERROR_BATCH_METHOD_NOT_ALLOWED.
     """
 
     host: str = "127.0.0.1"
@@ -63,6 +65,7 @@ class SimulatorConfig:
     preset_lines: list[tuple[str, int]] = field(default_factory=list)
     chat_group: bool = False
     legacy_errors: bool = False
+    batch_imconnector: bool = True
     call_log_limit: int = 200_000
     # Faults (also settable at runtime through POST /_sim/faults).
     error_rate: float = 0.0

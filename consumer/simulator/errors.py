@@ -15,6 +15,9 @@ INVALID_TOKEN = "invalid_token"  # noqa: S105 - an error code, not a secret
 QUERY_LIMIT_EXCEEDED = "QUERY_LIMIT_EXCEEDED"
 OPERATION_TIME_LIMIT = "OPERATION_TIME_LIMIT"
 INTERNAL_SERVER_ERROR = "INTERNAL_SERVER_ERROR"
+# `batch` (reference §8): the whole request, or one sub-call in `result_error`.
+ERROR_BATCH_LENGTH_EXCEEDED = "ERROR_BATCH_LENGTH_EXCEEDED"
+ERROR_BATCH_METHOD_NOT_ALLOWED = "ERROR_BATCH_METHOD_NOT_ALLOWED"
 
 # Failures that imconnector.register/unregister report inside an HTTP 200 `result` (§3.1, §3.6).
 APPLICATION_REGISTRATION_ERROR_POINT = "APPLICATION_REGISTRATION_ERROR_POINT"

@@ -8,14 +8,27 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from consumer.simulator.batch import (
+    BATCH_MAX_LENGTH,
+    BATCH_METHOD,
+    SubOutcome,
+    SubRequest,
+    batch_result,
+    halts_on_error,
+    logged_params,
+    parse_commands,
+)
 from consumer.simulator.calllog import CallLog, CallRecord
 from consumer.simulator.clock import Clock, system_clock
 from consumer.simulator.config import SimulatorConfig
 from consumer.simulator.errors import (
+    ERROR_BATCH_LENGTH_EXCEEDED,
+    ERROR_BATCH_METHOD_NOT_ALLOWED,
     ERROR_METHOD_NOT_FOUND,
     EXPIRED_TOKEN,
     INTERNAL_SERVER_ERROR,
@@ -23,6 +36,7 @@ from consumer.simulator.errors import (
     QUERY_LIMIT_EXCEEDED,
     WRONG_AUTH_TYPE,
     RestError,
+    argument_error,
 )
 from consumer.simulator.faults import FaultKind, FaultPlan, FaultSettings
 from consumer.simulator.limits import LeakyBucket, OperatingBudget, OperatingReading
@@ -46,6 +60,10 @@ AUTH_DESCRIPTIONS = {
     "invalid_token": "The access token provided is invalid.",
 }
 TOKEN_ENDPOINT = "oauth.token"  # noqa: S105 - the call-log name of the token endpoint
+TOKEN_PARAMS = ("AUTH", "ACCESS_TOKEN")
+"""Where a request may carry its token; handlers never see these parameters."""
+
+Handler = Callable[[dict[str, Any]], Any]
 
 
 @dataclass(frozen=True)
@@ -58,8 +76,30 @@ class RestReply:
     hang_seconds: float = 0.0
 
 
+@dataclass(frozen=True)
+class _Invocation:
+    """One handler run: its result or error, and the execution time charged for it."""
+
+    result: Any
+    error: RestError | None
+    took: float
+    reading: OperatingReading
+
+
 def _error_body(code: str, description: str) -> dict[str, Any]:
     return {"error": code, "error_description": description}
+
+
+def _refusal(exc: RestError) -> RestReply:
+    return RestReply(exc.status, _error_body(exc.code, exc.description))
+
+
+def _not_allowed_in_batch() -> RestError:
+    return RestError(ERROR_BATCH_METHOD_NOT_ALLOWED, "Method is not allowed for batch usage.", 405)
+
+
+def _without_token(params: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in params.items() if k not in TOKEN_PARAMS}
 
 
 def _iso(ts: float) -> str:
@@ -90,6 +130,7 @@ class Portal:
         self.budget = OperatingBudget(config.operating_limit)
         self.operating_cost_per_element = config.operating_cost_per_element
         self.legacy_errors = config.legacy_errors
+        self.batch_imconnector = config.batch_imconnector
         self.faults = FaultPlan(config.fault_settings())
         self.calls = CallLog(config.call_log_limit)
         for connector, line in config.preset_lines:
@@ -114,46 +155,81 @@ class Portal:
         *,
         webhook: bool = False,
     ) -> RestReply:
-        """Run one `/rest/<method>` call.
+        """Run one `/rest/<method>` call (`batch` included).
 
         Order: leaky bucket → fault (phase before) → auth → operating budget → method
-        → fault (phase after).
+        → fault (phase after). A batch takes one bucket unit and one fault draw; its
+        sub-calls pass the budget one by one and are logged after the batch's record.
 
         `params` must already have upper-cased top-level keys.
         """
         method = method.lower()
-        token = params.get("AUTH") or params.get("ACCESS_TOKEN") or bearer or ""
+        token = str(params.get("AUTH") or params.get("ACCESS_TOKEN") or bearer or "")
         # The handlers never see the token; the call log keeps the key, redacted.
-        method_params = {k: v for k, v in params.items() if k not in ("AUTH", "ACCESS_TOKEN")}
+        method_params = _without_token(params)
         with self.lock:
             now = self.clock()
             monotonic = time.monotonic()
             fault: FaultKind | None = None
-            applied = False
+            outcomes: list[SubOutcome] = []
             if not self.bucket.try_take(now):
                 reply = RestReply(503, _error_body(QUERY_LIMIT_EXCEEDED, "Too many requests"))
+                applied = False
             else:
                 fault = self.faults.draw(method)
                 if fault is not None and self.faults.settings.fault_phase == "before":
-                    reply = self._fault_reply(fault)
+                    reply, applied = self._fault_reply(fault), False
+                elif method == BATCH_METHOD:
+                    reply, outcomes = self._execute_batch(method_params, token, now, webhook)
+                    applied = any(outcome.applied for outcome in outcomes)
                 else:
-                    reply, applied = self._execute(method, method_params, str(token), now, webhook)
-                    if fault is not None:
-                        reply = self._fault_reply(fault)
-            error = reply.body.get("error")
-            if error is None and isinstance(reply.body.get("result"), dict):
-                error = reply.body["result"].get("error")  # failures reported inside `result`
+                    reply, applied = self._execute(method, method_params, token, now, webhook)
+                if fault is not None:
+                    reply = self._fault_reply(fault)
+            self._log_call(monotonic, now, method, params, reply, fault, applied, outcomes)
+            return reply
+
+    def _log_call(
+        self,
+        monotonic: float,
+        now: float,
+        method: str,
+        params: dict[str, Any],
+        reply: RestReply,
+        fault: FaultKind | None,
+        applied: bool,
+        outcomes: list[SubOutcome],
+    ) -> None:
+        """One record for the request, then one per executed batch sub-call pointing at it."""
+        record = self.calls.append(
+            monotonic=monotonic,
+            wall_time=now,
+            method=method,
+            params=logged_params(params) if method == BATCH_METHOD else params,
+            http_status=None if reply.transport_fault else reply.status,
+            error=None if reply.transport_fault else self._reply_error(reply),
+            fault=fault,
+            applied=applied,
+        )
+        for outcome in outcomes:
             self.calls.append(
                 monotonic=monotonic,
                 wall_time=now,
-                method=method,
-                params=params,
-                http_status=None if reply.transport_fault else reply.status,
-                error=None if reply.transport_fault else error,
-                fault=fault,
-                applied=applied,
+                method=outcome.request.method,
+                params=outcome.request.params,
+                http_status=record.http_status,
+                error=None if outcome.error is None else outcome.error.code,
+                fault=None,
+                applied=outcome.applied,
+                batch=record.index,
             )
-            return reply
+
+    @staticmethod
+    def _reply_error(reply: RestReply) -> str | None:
+        error = reply.body.get("error")
+        if error is None and isinstance(reply.body.get("result"), dict):
+            error = reply.body["result"].get("error")  # failures reported inside `result`
+        return None if error is None else str(error)
 
     def _fault_reply(self, fault: FaultKind) -> RestReply:
         if fault == "error":
@@ -165,37 +241,110 @@ class Portal:
     def _execute(
         self, method: str, params: dict[str, Any], token: str, now: float, webhook: bool
     ) -> tuple[RestReply, bool]:
+        try:
+            if webhook:
+                raise self._webhook_refusal(method)
+            self._authenticate(token, now)
+            handler = self._handler(method, now)
+        except RestError as exc:
+            return _refusal(exc), False
+        run = self._invoke(method, handler, params, now)
+        timing = self._timing(now, now + run.took, run.reading)
+        if run.error is not None:
+            return self._error_reply(method, run.error, timing), False
+        return RestReply(200, {"result": run.result, "time": timing}), True
+
+    def _execute_batch(
+        self, params: dict[str, Any], token: str, now: float, webhook: bool
+    ) -> tuple[RestReply, list[SubOutcome]]:
+        """Auth once, then the sub-calls in order; `halt` stops at the first failure."""
+        requests = parse_commands(params.get("CMD"))
+        try:
+            if not webhook:  # a webhook batch runs, its imconnector.* sub-calls do not
+                self._authenticate(token, now)
+            if not requests:
+                raise argument_error("cmd")
+            if len(requests) > BATCH_MAX_LENGTH:
+                description = f"Max batch length exceeded {BATCH_MAX_LENGTH}"
+                raise RestError(ERROR_BATCH_LENGTH_EXCEEDED, description)
+        except RestError as exc:
+            return _refusal(exc), []
+        halt = halts_on_error(params)
+        outcomes: list[SubOutcome] = []
+        finish = now
+        for request in requests:
+            outcome = self._execute_sub_call(request, now, finish, webhook)
+            outcomes.append(outcome)
+            if outcome.timing is not None:
+                finish = outcome.timing["finish"]
+            if halt and outcome.error is not None:
+                break
+        # The outer call is not charged to any budget (§6.2): its reading stays empty.
+        timing = self._timing(now, finish, self.budget.reading(BATCH_METHOD, now))
+        return RestReply(200, {"result": batch_result(outcomes), "time": timing}), outcomes
+
+    def _execute_sub_call(
+        self, request: SubRequest, now: float, start: float, webhook: bool
+    ) -> SubOutcome:
+        """One sub-call; every failure, whatever its usual shape, goes to `result_error`."""
+        try:
+            handler = self._batch_handler(request.method, now, webhook)
+        except RestError as exc:
+            return SubOutcome(request, error=exc)
+        run = self._invoke(request.method, handler, _without_token(request.params), now)
+        if run.error is not None:
+            return SubOutcome(request, error=run.error)
+        timing = self._timing(start, start + run.took, run.reading)
+        return SubOutcome(request, result=run.result, timing=timing, applied=True)
+
+    def _batch_handler(self, method: str, now: float, webhook: bool) -> Handler:
+        if method == BATCH_METHOD:
+            raise _not_allowed_in_batch()
         if webhook:
-            if method.startswith("imconnector."):
-                description = "Application context required"
-                return RestReply(403, _error_body(WRONG_AUTH_TYPE, description)), False
-            return RestReply(404, _error_body(ERROR_METHOD_NOT_FOUND, "Method not found!")), False
+            raise self._webhook_refusal(method)
+        return self._handler(method, now, in_batch=True)
+
+    @staticmethod
+    def _webhook_refusal(method: str) -> RestError:
+        if method.startswith("imconnector."):
+            return RestError(WRONG_AUTH_TYPE, "Application context required", 403)
+        return RestError(ERROR_METHOD_NOT_FOUND, "Method not found!", 404)
+
+    def _authenticate(self, token: str, now: float) -> None:
+        """Raise the 401 a bad, unknown or (fault-)expired token gets."""
         auth_error = self.tokens.check(token, now)
         if auth_error is None and self.faults.token_expires_now():
             self.tokens.expire(token, now)
             auth_error = EXPIRED_TOKEN
         if auth_error is not None:
-            return RestReply(401, _error_body(auth_error, AUTH_DESCRIPTIONS[auth_error])), False
+            raise RestError(auth_error, AUTH_DESCRIPTIONS[auth_error], 401)
+
+    def _handler(self, method: str, now: float, *, in_batch: bool = False) -> Handler:
+        """The method's handler, if it exists, may run here and has operating budget left."""
         handler = self.openlines.methods.get(method)
         if handler is None:
-            return RestReply(404, _error_body(ERROR_METHOD_NOT_FOUND, "Method not found!")), False
+            raise RestError(ERROR_METHOD_NOT_FOUND, "Method not found!", 404)
+        if in_batch and method.startswith("imconnector.") and not self.batch_imconnector:
+            raise _not_allowed_in_batch()
         if not self.budget.allows(method, now):
             description = "Method is blocked due to operation time limit."
-            return RestReply(429, _error_body(OPERATION_TIME_LIMIT, description)), False
+            raise RestError(OPERATION_TIME_LIMIT, description, 429)
+        return handler
+
+    def _invoke(
+        self, method: str, handler: Handler, params: dict[str, Any], now: float
+    ) -> _Invocation:
         started = time.perf_counter()
         try:
             result: Any = handler(params)
-            applied = True
+            error = None
         except RestError as exc:
-            result, applied = exc, False
+            result, error = None, exc
         cost = self.operating_cost_per_element * self.openlines.element_count(params)
         reading = self.budget.spend(method, cost, now)
         # Execution time: what the method "took" in simulated seconds, at least the real time.
         took = max(cost, time.perf_counter() - started)
-        timing = self._timing(now, now + took, reading)
-        if isinstance(result, RestError):
-            return self._error_reply(method, result, timing), False
-        return RestReply(200, {"result": result, "time": timing}), applied
+        return _Invocation(result=result, error=error, took=took, reading=reading)
 
     def _error_reply(self, method: str, exc: RestError, timing: dict[str, Any]) -> RestReply:
         failure = {"error": exc.code, "error_description": exc.description}
@@ -274,6 +423,7 @@ class Portal:
                 self, "operating_cost_per_element", float(v)
             ),
             "legacy_errors": lambda v: setattr(self, "legacy_errors", bool(v)),
+            "batch_imconnector": lambda v: setattr(self, "batch_imconnector", bool(v)),
         }
         unknown = sorted(set(changes) - set(setters))
         if unknown:
@@ -296,6 +446,7 @@ class Portal:
             "operating_limit": self.budget.limit,
             "operating_cost_per_element": self.operating_cost_per_element,
             "legacy_errors": self.legacy_errors,
+            "batch_imconnector": self.batch_imconnector,
         }
 
     def post_operator_message(self, chat_id: int, text: str) -> dict[str, Any]:
