@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from consumer.bitrix.classify import element_result_data, element_results
+from consumer.bitrix.classify import batch_results, element_result_data, element_results
 from consumer.bitrix.client import BitrixClient
 from consumer.bitrix.limits import CircuitBreaker, OperatingBudget, PortalRateLimiter
 from consumer.errors import (
@@ -31,12 +31,24 @@ from consumer.errors import (
     Throttled,
     TransientError,
 )
-from consumer.mapping import BATCHABLE, SEND
+from consumer.mapping import BATCHABLE, RENAME, SEND
 from consumer.metrics import Metrics
 from consumer.settings import RetrySettings
 from consumer.state import PendingCall
 
 logger = logging.getLogger(__name__)
+
+BATCH_LIMIT = 50  # sub-calls per REST `batch` request (reference §1 item 8)
+# A portal answering one of these (for the whole batch or a sub-call) does not run
+# `imconnector.*` inside `batch`; whether real portals do is unconfirmed (reference §1.8).
+BATCH_REFUSED = frozenset(
+    {
+        "ERROR_BATCH_METHOD_NOT_ALLOWED",
+        "ERROR_METHOD_NOT_FOUND",
+        "WRONG_AUTH_TYPE",
+        "ERROR_BATCH_LENGTH_EXCEEDED",
+    }
+)
 
 
 @dataclass(slots=True)
@@ -93,6 +105,7 @@ class Dispatcher:
         max_in_flight: int = 32,
         unknown_outcome_policy: str = "resend",
         operating_limit: float = 480.0,
+        batch_renames: bool = True,
     ) -> None:
         self._client_factory = client_factory
         self._client: BitrixClient | None = None
@@ -113,6 +126,8 @@ class Dispatcher:
         self._gated: dict[str, int] = {}  # portal -> batches waiting for a limit
         self._lock = threading.Lock()
         self._wake = threading.Event()
+        self._batch_renames = batch_renames
+        self._batch_refused: set[str] = set()  # portals that refused `batch` for renames
 
     # -- engine side (any thread) ------------------------------------------------------
     def start(self) -> None:
@@ -169,6 +184,12 @@ class Dispatcher:
         """False while a batch for `portal` waits on its limits: the engine then lets calls
         pile up in the chats' outboxes, so the next request carries a full batch."""
         return self._gated.get(portal, 0) == 0
+
+    def rename_batch_limit(self, portal: str) -> int:
+        """How many `chat.name.set` calls of `portal` may share one request (via `batch`)."""
+        if self._batch_renames and portal not in self._batch_refused:
+            return BATCH_LIMIT
+        return 1
 
     def breaker_states(self) -> dict[str, int]:
         """Portal -> breaker state (for metrics and tests)."""
@@ -278,17 +299,25 @@ class Dispatcher:
         ambiguous = False
         _, budget, breaker = self._portal_policies(batch.portal)
         limiter = self._limiters[batch.portal]
+        # Renames take no array: several go out as sub-calls of one REST `batch` request.
+        batched = method == RENAME and len(calls) > 1
+        request_method = "batch" if batched else method
         while True:
             await self._gate(batch)
             attempts += 1
             started = time.monotonic()
             try:
                 async with self._semaphore:
-                    body = await self._client.call(
-                        batch.portal, method, _params(batch, [c.element for c in calls])
-                    )
+                    if batched:
+                        body = await self._client.batch(
+                            batch.portal, method, [_params(batch, [c.element]) for c in calls]
+                        )
+                    else:
+                        body = await self._client.call(
+                            batch.portal, method, _params(batch, [c.element for c in calls])
+                        )
             except Throttled as exc:
-                self._count_request(method, exc.http_status, started)
+                self._count_request(request_method, exc.http_status, started)
                 attempts -= 1  # throttling never spends the retry budget
                 if exc.code == "OPERATION_TIME_LIMIT" or exc.http_status == 429:
                     budget.exceeded(method, time.monotonic(), exc.retry_after)
@@ -297,7 +326,7 @@ class Dispatcher:
                 self._metrics.retries.labels(reason="throttled").inc()
                 continue
             except AmbiguousError as exc:
-                self._count_request(method, None, started)
+                self._count_request(request_method, None, started)
                 breaker.record(False, time.monotonic())
                 if method == SEND:
                     ambiguous = True
@@ -322,7 +351,7 @@ class Dispatcher:
                 backoff_spent += delay
                 continue
             except TransientError as exc:
-                self._count_request(method, exc.http_status, started)
+                self._count_request(request_method, exc.http_status, started)
                 breaker.record(False, time.monotonic())
                 self._metrics.breaker_state.labels(portal=batch.portal).set(breaker.state)
                 delay = await self._backoff(exc, attempts, backoff_spent)
@@ -331,8 +360,12 @@ class Dispatcher:
                 backoff_spent += delay
                 continue
             except (PermanentError, CausalWait) as exc:
-                self._count_request(method, exc.http_status, started)
+                self._count_request(request_method, exc.http_status, started)
                 breaker.record(True, time.monotonic())
+                if batched:
+                    # The portal did not take the batch as such: each call on its own.
+                    self._note_batch_refusal(batch.portal, exc.code)
+                    return await self._one_by_one(batch, calls, keys)
                 if (
                     len(calls) > 1
                     and isinstance(exc, PermanentError)
@@ -345,7 +378,7 @@ class Dispatcher:
                     return results
                 return self._all_failed(keys, calls, exc.error_class, exc, attempts, ambiguous)
             except BitrixError as exc:  # AuthFailed and anything else: permanent
-                self._count_request(method, exc.http_status, started)
+                self._count_request(request_method, exc.http_status, started)
                 return self._all_failed(keys, calls, exc.error_class, exc, attempts, ambiguous)
             except ConfigError as exc:
                 return [
@@ -360,11 +393,13 @@ class Dispatcher:
                     )
                     for k, c in zip(keys, calls, strict=True)
                 ]
-            self._count_request(method, 200, started)
+            self._count_request(request_method, 200, started)
             breaker.record(True, time.monotonic())
             self._metrics.breaker_state.labels(portal=batch.portal).set(breaker.state)
-            budget.observe(method, body.get("time"), time.time(), time.monotonic())
             self._metrics.api_batch_size.labels(method=method).observe(len(calls))
+            if batched:
+                return await self._batch_outcomes(batch, body, calls, keys, attempts)
+            budget.observe(method, body.get("time"), time.time(), time.monotonic())
             per_element = element_results(body, len(calls))
             out: list[CallResult] = []
             for index, (key, call, (ok, error)) in enumerate(
@@ -397,6 +432,55 @@ class Dispatcher:
                         )
                     )
             return out
+
+    async def _batch_outcomes(
+        self,
+        batch: Batch,
+        body: dict[str, Any],
+        calls: list[PendingCall],
+        keys: list[str],
+        attempts: int,
+    ) -> list[CallResult]:
+        """Results of a REST `batch` of renames; a failed sub-call is re-run on its own.
+
+        Renames are idempotent, so the re-run is safe, and it goes through the same
+        classification, retries and causal wait as any single call.
+        """
+        subs = batch_results(body, len(calls))
+        result = body.get("result")
+        times = result.get("result_time") if isinstance(result, dict) else None
+        if isinstance(times, dict) and times:  # each sub-call counts against its method
+            _, budget, _ = self._portal_policies(batch.portal)
+            last = list(times.values())[-1]
+            budget.observe(batch.method, last, time.time(), time.monotonic())
+        out: list[CallResult] = []
+        for key, call, (ok, code, _) in zip(keys, calls, subs, strict=True):
+            if ok:
+                out.append(CallResult(key, call, True, None, attempts=attempts))
+                continue
+            self._note_batch_refusal(batch.portal, code)
+            out.extend(await self._attempt(batch, [call], [key]))
+        return out
+
+    async def _one_by_one(
+        self, batch: Batch, calls: list[PendingCall], keys: list[str]
+    ) -> list[CallResult]:
+        results: list[CallResult] = []
+        for key, call in zip(keys, calls, strict=True):
+            results.extend(await self._attempt(batch, [call], [key]))
+        return results
+
+    def _note_batch_refusal(self, portal: str, code: str | None) -> None:
+        if code not in BATCH_REFUSED or portal in self._batch_refused:
+            return
+        self._batch_refused.add(portal)
+        logger.warning(
+            "portal %s refused imconnector.chat.name.set inside `batch` (%s): renames go "
+            "one per request from now on (IMCONNECTOR_ENGINE__BATCH_RENAMES=false skips "
+            "the attempt)",
+            portal,
+            code,
+        )
 
     async def _backoff(self, exc: BitrixError, attempts: int, spent: float) -> float | None:
         """Sleep before the next try and return the delay; None when the budget is used up."""

@@ -49,7 +49,7 @@ from consumer.kafka_io import (
     record_position,
     restore_reader,
 )
-from consumer.mapping import BATCHABLE
+from consumer.mapping import BATCHABLE, RENAME
 from consumer.metrics import Metrics
 from consumer.ordering import Lane, Offer, admit, classify
 from consumer.settings import Settings
@@ -567,7 +567,12 @@ class Engine:
             if not self.dispatcher.portal_has_capacity(portal):
                 continue  # its calls pile up meanwhile, so the next request is a full one
             waiting = self._ready_queues[group]
-            limit = size if method in BATCHABLE else 1
+            if method in BATCHABLE:
+                limit = size
+            elif method == RENAME:
+                limit = min(size, self.dispatcher.rename_batch_limit(portal))
+            else:
+                limit = 1
             while waiting and room > 0:
                 lingered = now - self._ready_since[group] >= linger
                 if len(waiting) < limit and not (idle or (lingered and partial_ok)):

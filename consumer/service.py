@@ -42,6 +42,7 @@ def build_engine(
         metrics,
         max_in_flight=settings.engine.max_in_flight_requests,
         unknown_outcome_policy=settings.engine.unknown_outcome_policy,
+        batch_renames=settings.engine.batch_renames,
     )
     return Engine(settings, metrics, dispatcher, create_sources=create_sources)
 

@@ -126,6 +126,11 @@ class EngineSettings(BaseModel):
     commit_interval_ms: int = Field(default=50, ge=1)
     unknown_outcome_policy: Literal["resend", "dead-letter"] = "resend"
     send_status_reading: bool = True
+    batch_renames: bool = Field(
+        default=True,
+        description="send up to 50 chat.name.set calls as one REST `batch` request; a "
+        "portal that refuses it gets one request per rename",
+    )
 
 
 class RetrySettings(BaseModel):

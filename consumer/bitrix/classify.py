@@ -121,6 +121,36 @@ def element_results(body: dict[str, Any], count: int) -> list[tuple[bool, str | 
     return out
 
 
+def batch_results(body: dict[str, Any], count: int) -> list[tuple[bool, str | None, str]]:
+    """Per-sub-call `(ok, error code, error text)` of a `batch` answer, keys `c0`..`c<n-1>`.
+
+    A sub-call with neither a result nor an error (a halted batch, an answer of another
+    shape) counts as failed with code `MISSING_ELEMENT_RESULT`.
+    """
+    result = body.get("result")
+    results = result.get("result") if isinstance(result, dict) else None
+    errors = result.get("result_error") if isinstance(result, dict) else None
+    out: list[tuple[bool, str | None, str]] = []
+    for index in range(count):
+        error = _batch_entry(errors, index)
+        if isinstance(error, dict):
+            code = str(error.get("error") or "BATCH_SUBCALL_FAILED")
+            out.append((False, code, f"{code}: {error.get('error_description') or ''}".strip()))
+        elif _batch_entry(results, index) is None:
+            missing = "MISSING_ELEMENT_RESULT"
+            out.append((False, missing, f"{missing}: the batch answer had no result for it"))
+        else:
+            out.append((True, None, ""))
+    return out
+
+
+def _batch_entry(entries: object, index: int) -> Any:
+    """Entry `c<index>` of a batch answer's `result`/`result_error` map (PHP may send a list)."""
+    if isinstance(entries, dict):
+        return entries.get(f"c{index}")
+    return None
+
+
 def element_result_data(body: dict[str, Any], index: int) -> dict[str, Any] | None:
     """The useful part of element `index`'s result: Bitrix user id and session ids."""
     result = body.get("result")

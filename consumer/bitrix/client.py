@@ -8,6 +8,7 @@ dispatcher's job (`consumer.dispatch`).
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 import orjson
@@ -108,3 +109,12 @@ class BitrixClient:
                     ) from None
                 await tokens.refresh(current.access_token)
         raise AssertionError("unreachable")
+
+    async def batch(self, portal: str, method: str, calls: list[dict[str, Any]]) -> dict[str, Any]:
+        """Run `method` once per entry of `calls` in one REST `batch` request (halt=0).
+
+        Sub-calls are keyed `c0`, `c1`, ... in order; see `classify.batch_results`. Only
+        flat parameters (e.g. `chat.name.set`) are encoded here.
+        """
+        cmd = {f"c{index}": f"{method}?{urlencode(params)}" for index, params in enumerate(calls)}
+        return await self.call(portal, "batch", {"halt": 0, "cmd": cmd})
