@@ -195,7 +195,9 @@ def _report(
     final: bool = False,
 ) -> int:
     calls = [record.as_dict() for record in sim.portal.call_records()]
-    by_method = Counter(c["method"] for c in calls)
+    # HTTP requests: a REST `batch` counts once; its sub-calls are logged after it.
+    by_method = Counter(c["method"] for c in calls if c["batch"] is None)
+    batched = Counter(c["method"] for c in calls if c["batch"] is not None)
     outcomes = {
         s.labels["outcome"]: int(s.value)
         for s in _samples(metrics, "imconnector_event_outcomes_total")
@@ -209,6 +211,8 @@ def _report(
     print(f"[{head}] produced {dict(produced)}")
     print(f"        outcomes {outcomes}  dead-lettered {dead}")
     print(f"        Bitrix24 requests {dict(by_method)}")
+    if batched:
+        print(f"        calls inside batch requests {dict(batched)}")
     for call in calls[shown : shown + 2]:
         print(
             f"        e.g. {call['method']} -> HTTP {call.get('http_status')} "
