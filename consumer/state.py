@@ -41,9 +41,24 @@ class PendingCall:
     # re-written to the changelog at every change while its calls wait, and re-encoding
     # each waiting call's record bytes every time was a tenth of the engine's CPU.
     _frozen: bytes | None = field(default=None, repr=False, compare=False)
+    # The last whole encoding and the changing fields it was made from: a waiting call's
+    # fields rarely change between writes, so most writes reuse it as it is.
+    _encoded: orjson.Fragment | None = field(default=None, repr=False, compare=False)
+    _encoded_for: tuple[int, int, int, int, int] | None = field(
+        default=None, repr=False, compare=False
+    )
 
     def to_json(self) -> orjson.Fragment:
         """Compact positional form for the changelog (a list; see `from_json`)."""
+        changing = (
+            self.status,
+            self.attempts,
+            self.first_failure_ms,
+            self.held_since_ms,
+            self.redrive_count,
+        )
+        if changing == self._encoded_for and self._encoded is not None:
+            return self._encoded
         frozen = self._frozen
         if frozen is None:
             frozen = self._frozen = orjson.dumps(
@@ -60,17 +75,9 @@ class PendingCall:
                     [[k, v.hex()] for k, v in self.headers],
                 ]
             )[:-1]
-        return orjson.Fragment(
-            b"%b,%d,%d,%d,%d,%d]"
-            % (
-                frozen,
-                self.status,
-                self.attempts,
-                self.first_failure_ms,
-                self.held_since_ms,
-                self.redrive_count,
-            )
-        )
+        self._encoded = orjson.Fragment(b"%b,%d,%d,%d,%d,%d]" % (frozen, *changing))
+        self._encoded_for = changing
+        return self._encoded
 
     @classmethod
     def from_json(cls, data: list[Any]) -> PendingCall:

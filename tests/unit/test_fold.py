@@ -189,8 +189,8 @@ def test_state_round_trips_through_the_changelog_codec():
 
 
 def test_a_calls_changing_fields_reach_the_changelog_after_it_was_encoded_once():
-    """Each call's fixed part is encoded once and reused; its status and counters are
-    re-encoded every time (a stale in-flight mark would break the send ledger)."""
+    """Each call's encoding is reused while its status and counters stay the same, and
+    made again when one changes (a stale in-flight mark would break the send ledger)."""
     state = ChatState(session=True)
     feed(state, ev(MessageSent("m1", "x", files=()), 2))
     call = state.outbox[0]
@@ -202,6 +202,7 @@ def test_a_calls_changing_fields_reach_the_changelog_after_it_was_encoded_once()
         b"\x01\xff",
         (("h", b"\x00v"),),
     )
+    assert ChatState.from_bytes(state.to_bytes()).outbox[0].status == QUEUED  # reused
     call.status, call.attempts, call.first_failure_ms = IN_FLIGHT, 2, 123
     call.held_since_ms, call.redrive_count = 45, 1
     again = ChatState.from_bytes(state.to_bytes()).outbox[0]
