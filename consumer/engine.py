@@ -53,7 +53,14 @@ from consumer.mapping import BATCHABLE, RENAME
 from consumer.metrics import Metrics
 from consumer.ordering import Lane, Offer, admit, classify
 from consumer.settings import Settings
-from consumer.state import IN_FLIGHT, QUEUED, ChatState, PendingCall
+from consumer.state import (
+    IN_FLIGHT,
+    QUEUED,
+    ChatState,
+    PendingCall,
+    body_key,
+    parse_body_key,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +102,11 @@ class PartitionWork:
     revoking: bool = False
     caught_up_ms: int = 0  # when the partition was last read to its end
     rewind_until: float = 0.0
+    # Call bodies in the changelog (see consumer.state): restored ones not yet attached to
+    # their chat, the offsets written per chat, and keys of bodies no chat refers to.
+    bodies: dict[str, dict[int, bytes]] = field(default_factory=dict)
+    stored: dict[str, set[int]] = field(default_factory=dict)
+    orphans: set[bytes] = field(default_factory=set)
 
     def state(self, chat: str) -> ChatState:
         """The chat's state, decoded on first use after a restore."""
@@ -104,7 +116,12 @@ class PartitionWork:
             self.states[chat] = fresh
             return fresh
         if isinstance(value, bytes):
-            decoded = ChatState.from_bytes(value)
+            bodies = self.bodies.pop(chat, {})
+            decoded = ChatState.from_bytes(value, bodies)
+            referred = {call.offset for call in decoded.calls()}
+            if referred:
+                self.stored[chat] = referred
+            self.orphans.update(body_key(chat, offset) for offset in bodies.keys() - referred)
             self.states[chat] = decoded
             return decoded
         return value
@@ -767,34 +784,36 @@ class Engine:
             target = work.committable()
             if target > work.committed and target >= 0:
                 offsets.append(TopicPartition(work.topic, work.partition, target))
-        dirty = any(work.dirty for work in self.parts.values())
+        dirty = any(work.dirty or work.orphans for work in self.parts.values())
         if not (offsets or dirty or self._outputs_since_commit):
             self._last_commit = time.monotonic()
             return True
         started = time.monotonic()
         for work in self.parts.values():
-            if not work.dirty:
+            if not (work.dirty or work.orphans):
                 continue
             changelog = self.settings.changelog_topic(work.topic)
             for chat in work.dirty:
                 state = work.states.get(chat)
                 if state is None:
                     value = None  # tombstone: the chat expired
+                    self._write_bodies(work, changelog, chat, [])
+                elif isinstance(state, bytes):
+                    value = state
                 else:
-                    value = state if isinstance(state, bytes) else state.to_bytes()
-                    if (
-                        isinstance(state, ChatState)
-                        and state.is_idle()
-                        and chat not in work.busy
-                        and not state.recent_ids
-                    ):
+                    self._write_bodies(work, changelog, chat, state.calls())
+                    value = state.to_bytes()
+                    if state.is_idle() and chat not in work.busy and not state.recent_ids:
                         work.states[chat] = value  # keep idle chats compact in memory
                 self._produce(
                     changelog, chat.encode(), value, None, partition=work.partition, replay=False
                 )
                 self._txn_chats.append((work, chat))
+            for key in work.orphans:
+                self._produce(changelog, key, None, None, partition=work.partition, replay=False)
             work.dirty.clear()
             work.tombstones.clear()
+            work.orphans.clear()
         try:
             if offsets:
                 self._producer.send_offsets_to_transaction(
@@ -836,6 +855,38 @@ class Engine:
         self.metrics.transaction_duration.observe(time.monotonic() - started)
         return True
 
+    def _write_bodies(
+        self, work: PartitionWork, changelog: str, chat: str, calls: list[PendingCall]
+    ) -> None:
+        """Write the bodies of the chat's new calls, tombstones for its finished ones."""
+        written = work.stored.get(chat)
+        if not calls and not written:
+            return
+        now = {call.offset for call in calls}
+        for call in calls:
+            if written is None or call.offset not in written:
+                self._produce(
+                    changelog,
+                    body_key(chat, call.offset),
+                    call.body(),
+                    None,
+                    partition=work.partition,
+                    replay=False,
+                )
+        for offset in (written or set()) - now:
+            self._produce(
+                changelog,
+                body_key(chat, offset),
+                None,
+                None,
+                partition=work.partition,
+                replay=False,
+            )
+        if now:
+            work.stored[chat] = now
+        else:
+            work.stored.pop(chat, None)
+
     def _replay_aborted(self) -> None:
         assert self._producer is not None
         self._producer.abort_transaction(30)
@@ -847,6 +898,9 @@ class Engine:
         for work, chat in chats:
             if self.parts.get((work.topic, work.partition)) is work:
                 work.dirty.add(chat)
+                # Its bodies were in the aborted transaction: write them all again (bodies
+                # it finished meanwhile stay as orphans until the next restore drops them).
+                work.stored.pop(chat, None)
 
     # -- rebalance -----------------------------------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -873,8 +927,17 @@ class Engine:
         states = work.states
         count = 0
         value: bytes | None
+        bodies = work.bodies
         for key, value in read_partition_to_end(reader, changelog, work.partition, timeout=300):
             count += 1
+            body = parse_body_key(key)
+            if body is not None:
+                owner, offset = body
+                if value is None:
+                    bodies.get(owner, {}).pop(offset, None)
+                else:
+                    bodies.setdefault(owner, {})[offset] = value
+                continue
             chat = key.decode()
             if value is None:
                 states.pop(chat, None)
@@ -896,6 +959,9 @@ class Engine:
             if state.held_rename is not None:
                 work.held_renames.add(chat)
             self._make_ready(work, chat, state)
+        for owner, left in bodies.items():  # no chat refers to them: finished calls
+            work.orphans.update(body_key(owner, offset) for offset in left)
+        bodies.clear()
         logger.info(
             "restored %d chat states of %s[%d] from %d records in %.2fs",
             len(states),

@@ -2,10 +2,17 @@
 
 Pure data plus a compact JSON codec for the changelog topic. An idle chat holds a handful
 of small fields, so memory stays bounded by active chats (idle ones expire by TTL).
+
+In the changelog a chat is one record under its key (`to_bytes`) plus one record per
+waiting call under `body_key(chat, offset)` (`PendingCall.body`). The chat's record refers
+to its calls by source offset and carries only their changing fields, so a change costs
+a small record, whatever the length of the outbox; a call's body (its request element
+and the original record) is written once and deleted (tombstone) when the call is done.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +22,25 @@ import orjson
 # IN_FLIGHT was durably marked before its request left (unknown outcome after a crash).
 QUEUED = 0
 IN_FLIGHT = 1
+
+_BODY_MARK = b"\xff"  # never occurs in UTF-8, so never in a chat's own key
+
+
+def body_key(chat: str, offset: int) -> bytes:
+    """The changelog key of the body of `chat`'s call from source offset `offset`."""
+    return b"%b%b%b%d" % (_BODY_MARK, chat.encode(), _BODY_MARK, offset)
+
+
+def parse_body_key(key: bytes) -> tuple[str, int] | None:
+    """`(chat, offset)` of a body key; None for a chat's own key."""
+    if not key.startswith(_BODY_MARK):
+        return None
+    chat, _, offset = key[1:].rpartition(_BODY_MARK)
+    return chat.decode(), int(offset)
+
+
+class MissingCallBody(ValueError):
+    """A chat's changelog record refers to a call whose body record is not there."""
 
 
 @dataclass(slots=True)
@@ -37,31 +63,21 @@ class PendingCall:
     held_since_ms: int = 0
     redrive_count: int = 0
 
-    # The immutable head of `to_json` (event id .. headers) encoded once: a chat's state is
-    # re-written to the changelog at every change while its calls wait, and re-encoding
-    # each waiting call's record bytes every time was a tenth of the engine's CPU.
-    _frozen: bytes | None = field(default=None, repr=False, compare=False)
-    # The last whole encoding and the changing fields it was made from: a waiting call's
-    # fields rarely change between writes, so most writes reuse it as it is.
-    _encoded: orjson.Fragment | None = field(default=None, repr=False, compare=False)
-    _encoded_for: tuple[int, int, int, int, int] | None = field(
-        default=None, repr=False, compare=False
-    )
+    # The body encoded once; and the last reference with the changing fields it was made
+    # from: a waiting call's fields rarely change between writes of its chat.
+    _body: bytes | None = field(default=None, repr=False, compare=False)
+    _ref: orjson.Fragment | None = field(default=None, repr=False, compare=False)
+    _ref_for: tuple[int, int, int, int, int] | None = field(default=None, repr=False, compare=False)
 
-    def to_json(self) -> orjson.Fragment:
-        """Compact positional form for the changelog (a list; see `from_json`)."""
-        changing = (
-            self.status,
-            self.attempts,
-            self.first_failure_ms,
-            self.held_since_ms,
-            self.redrive_count,
-        )
-        if changing == self._encoded_for and self._encoded is not None:
-            return self._encoded
-        frozen = self._frozen
-        if frozen is None:
-            frozen = self._frozen = orjson.dumps(
+    @property
+    def offset(self) -> int:
+        """The source offset of the event: the call's id within its chat's partition."""
+        return self.origin[2]
+
+    def body(self) -> bytes:
+        """The fixed part (event id .. headers) as the value of its `body_key` record."""
+        if self._body is None:
+            self._body = orjson.dumps(
                 [
                     self.event_id,
                     self.seq,
@@ -74,14 +90,37 @@ class PendingCall:
                     self.raw_key.hex(),
                     [[k, v.hex()] for k, v in self.headers],
                 ]
-            )[:-1]
-        self._encoded = orjson.Fragment(b"%b,%d,%d,%d,%d,%d]" % (frozen, *changing))
-        self._encoded_for = changing
-        return self._encoded
+            )
+        return self._body
+
+    def ref(self) -> orjson.Fragment:
+        """`[offset, status, attempts, first failure, held since, redrives]` for the chat's
+        record (a stale in-flight mark would break the send ledger, so never cached past a
+        change)."""
+        changing = (
+            self.status,
+            self.attempts,
+            self.first_failure_ms,
+            self.held_since_ms,
+            self.redrive_count,
+        )
+        if changing != self._ref_for or self._ref is None:
+            self._ref = orjson.Fragment(b"[%d,%d,%d,%d,%d,%d]" % (self.origin[2], *changing))
+            self._ref_for = changing
+        return self._ref
+
+    @classmethod
+    def from_parts(cls, body: bytes, ref: list[int]) -> PendingCall:
+        """Inverse of `body` + `ref`."""
+        data = orjson.loads(body)
+        call = cls.from_json([*data, *ref[1:]])
+        call._body = body
+        return call
 
     @classmethod
     def from_json(cls, data: list[Any]) -> PendingCall:
-        """Inverse of `to_json`."""
+        """A call from its fields in order; also reads changelogs written before bodies
+        had records of their own (the whole call inline in its chat's record)."""
         return cls(
             data[0],
             data[1],
@@ -122,17 +161,27 @@ class ChatState:
         """True when nothing is pending: the state may expire after the TTL."""
         return not self.outbox and self.held_rename is None and not self.parked
 
+    def calls(self) -> list[PendingCall]:
+        """Every waiting call: the outbox, then the held rename."""
+        if self.held_rename is None:
+            return self.outbox
+        return [*self.outbox, self.held_rename]
+
+    def bodies(self) -> dict[int, bytes]:
+        """Offset -> body of every waiting call (the records `to_bytes` refers to)."""
+        return {call.offset: call.body() for call in self.calls()}
+
     def to_bytes(self) -> bytes:
-        """Serialise for the changelog topic."""
+        """Serialise for the changelog topic (waiting calls by reference, see the module)."""
         doc: dict[str, Any] = {"w": self.watermark, "a": self.last_activity_ms}
         if self.session:
             doc["s"] = 1
         if self.user_id is not None:
             doc["u"] = self.user_id
         if self.outbox:
-            doc["o"] = [call.to_json() for call in self.outbox]
+            doc["o"] = [call.ref() for call in self.outbox]
         if self.held_rename is not None:
-            doc["h"] = self.held_rename.to_json()
+            doc["h"] = self.held_rename.ref()
         if self.deleted:
             doc["d"] = self.deleted
         if self.recent_ids:
@@ -148,16 +197,17 @@ class ChatState:
         return orjson.dumps(doc)
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> ChatState:
-        """Inverse of `to_bytes`."""
+    def from_bytes(cls, data: bytes, bodies: Mapping[int, bytes] | None = None) -> ChatState:
+        """Inverse of `to_bytes`; `bodies` are the chat's call bodies by offset."""
         doc = orjson.loads(data)
         held = doc.get("h")
+        found = bodies or {}
         return cls(
             watermark=doc.get("w", 0),
             session=bool(doc.get("s")),
             user_id=doc.get("u"),
-            outbox=[PendingCall.from_json(c) for c in doc.get("o", ())],
-            held_rename=None if held is None else PendingCall.from_json(held),
+            outbox=[_call(entry, found) for entry in doc.get("o", ())],
+            held_rename=None if held is None else _call(held, found),
             deleted=doc.get("d"),
             recent_ids=doc.get("r"),
             failed=doc.get("f"),
@@ -166,3 +216,12 @@ class ChatState:
             last_rename_at=doc.get("n", 0),
             last_activity_ms=doc.get("a", 0),
         )
+
+
+def _call(entry: list[Any], bodies: Mapping[int, bytes]) -> PendingCall:
+    if len(entry) > 6:  # written before bodies had records of their own
+        return PendingCall.from_json(entry)
+    body = bodies.get(entry[0])
+    if body is None:
+        raise MissingCallBody(f"no body record for the waiting call from offset {entry[0]}")
+    return PendingCall.from_parts(body, entry)

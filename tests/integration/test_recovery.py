@@ -3,7 +3,9 @@
 * a consumer SIGKILLed mid-stream and restarted applies nothing twice, except a call that
   was in flight at the kill, which is recorded as ambiguous;
 * two consumers in one group, a third joining mid-stream: per-chat order, no duplicates;
-* a partition's state is restored from the changelog after reassignment.
+* a partition's state is restored from the changelog after reassignment;
+* calls still waiting at a handover are restored from their body records and sent once,
+  and every finished call's body record is deleted (orphans too).
 """
 
 from __future__ import annotations
@@ -17,16 +19,22 @@ from collections import defaultdict
 from dataclasses import replace
 
 import pytest
+from confluent_kafka import Producer
 
 from consumer.codec import ChatEventEncoder
 from consumer.events import ChatEvent, ChatRenamed, ExternalUser, MessageSent
+from consumer.kafka_io import read_partition_to_end, restore_reader
+from consumer.mapping import SEND
+from consumer.settings import Settings
 from consumer.simulator import SimulatorConfig, SimulatorServer
+from consumer.state import body_key, parse_body_key
 from tests.integration.harness import (
     CONNECTOR,
     LINE,
     PORTAL,
     EngineThread,
     OutcomeWatcher,
+    applied_call_list,
     check_calls,
     final_outcomes,
     make_settings,
@@ -185,3 +193,87 @@ def test_state_is_restored_after_reassignment(kafka_bootstrap, topic_factory, un
     for r in sim.portal.call_records():
         by_chat[r.method].append(r.params)
     assert by_chat["imconnector.chat.name.set"][0]["USER_ID"] == "u-r"
+
+
+def _changelog(settings: Settings, topic: str, partitions: int) -> dict[bytes, bytes | None]:
+    """The committed changelog of `topic` as compaction leaves it: the last value per key."""
+    latest: dict[bytes, bytes | None] = {}
+    reader = restore_reader(settings)
+    try:
+        changelog = settings.changelog_topic(topic)
+        for partition in range(partitions):
+            for key, value in read_partition_to_end(reader, changelog, partition):
+                latest[key] = value
+    finally:
+        reader.close()
+    return latest
+
+
+def test_waiting_calls_survive_a_handover_and_finished_calls_leave_no_body_records(
+    kafka_bootstrap, topic_factory, unique, sim
+):
+    """Calls wait in outboxes while the portal fails; the instance stops; the next one
+    restores them from their body records and sends each once. Afterwards no body record
+    is left: finished calls are deleted, and so is an orphan (a body whose tombstone an
+    aborted transaction lost) found at restore."""
+    topic = topic_factory(2)
+    group = unique("g")
+    retry = {"base_delay_s": 0.05, "max_delay_s": 0.1, "max_attempts": 10_000}
+    sends = [
+        ChatEvent(
+            event_id=f"00000000-0000-4000-8001-{chat:06d}{seq:06d}",
+            portal=PORTAL,
+            connector=CONNECTOR,
+            line=LINE,
+            chat_id=f"hand-{chat}",
+            occurred_at=seq,
+            payload=MessageSent(f"hand-{chat}-m{seq}", f"text {seq}"),
+            sequence=seq,
+            user=ExternalUser(id=f"u-{chat}"),
+        )
+        for chat in range(20)
+        for seq in (1, 2, 3)
+    ]
+    sim.portal.update_faults({"error_rate": 1.0, "methods": [SEND]})
+    first = make_settings(
+        kafka_bootstrap, topic, group, sim, instance_id="a", retry=retry, shutdown_grace_s=0.5
+    )
+    with EngineThread(first) as a:
+        produce(kafka_bootstrap, topic, sends, [ChatEventEncoder("single-object")])
+        wait_until(
+            lambda: (
+                a.metrics.registry.get_sample_value(
+                    "imconnector_events_consumed_total", {"topic": topic}
+                )
+                == len(sends)
+            ),
+            60,
+            "every event consumed",
+        )
+        wait_until(lambda: any(r.error for r in sim.portal.call_records()), 30, "a failed send")
+    waiting = _changelog(first, topic, 2)
+    bodies = [k for k, v in waiting.items() if v is not None and parse_body_key(k) is not None]
+    assert len(bodies) == len(sends), "every waiting call has its body record"
+    orphan = body_key(f"{PORTAL}|{CONNECTOR}|{LINE}|ghost", 999_999)
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    producer.produce(first.changelog_topic(topic), key=orphan, value=b"[]", partition=0)
+    assert producer.flush(30) == 0
+
+    sim.portal.update_faults({"error_rate": 0.0})
+    second = make_settings(kafka_bootstrap, topic, group, sim, instance_id="b", retry=retry)
+    with (
+        EngineThread(second),
+        OutcomeWatcher(kafka_bootstrap, f"{topic}.outcomes") as outcomes,
+    ):
+        ids = {e.event_id for e in sends}
+        wait_until(lambda: outcomes.finished(ids), 120, "a committed outcome per event")
+    seen = applied_call_list(sim)
+    for chat in range(20):
+        texts = [ident for _, ident in seen[f"hand-{chat}"]]
+        assert texts == [f"hand-{chat}-m{seq}:text {seq}" for seq in (1, 2, 3)], chat
+    done = _changelog(second, topic, 2)
+    left = [parse_body_key(k) for k, v in done.items() if v is not None and parse_body_key(k)]
+    assert left == [], f"body records of finished calls are still live: {left[:5]}"
+    assert done[orphan] is None, "the orphan body was deleted after the restore"
+    heads = {k: v for k, v in done.items() if parse_body_key(k) is None}
+    assert len(heads) == 20 and all(v is not None and b'"o"' not in v for v in heads.values())

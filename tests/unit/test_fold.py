@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import itertools
 
+import orjson
+import pytest
+
 from consumer.events import (
     ChatEvent,
     ChatRenamed,
@@ -24,7 +27,14 @@ from consumer.fold import (
     on_tick,
 )
 from consumer.mapping import DELETE, RENAME, SEND, UPDATE
-from consumer.state import IN_FLIGHT, QUEUED, ChatState
+from consumer.state import (
+    IN_FLIGHT,
+    QUEUED,
+    ChatState,
+    MissingCallBody,
+    body_key,
+    parse_body_key,
+)
 
 CONFIG = FoldConfig(rename_wait_timeout_ms=10_000)
 _ids = itertools.count(1)
@@ -44,8 +54,13 @@ def ev(payload, seq=None, at=1000, user="u1") -> ChatEvent:
     )
 
 
+_OFFSETS = itertools.count()
+
+
 def feed(state: ChatState, event: ChatEvent, now: int = 0, **kw):
-    return on_event(state, event, new_call(event, state, ("t", 0, 0)), now, CONFIG, **kw)
+    """Apply `event` as the engine does; each call gets its own source offset (its id)."""
+    call = new_call(event, state, ("t", 0, next(_OFFSETS)))
+    return on_event(state, event, call, now, CONFIG, **kw)
 
 
 def test_rename_before_first_send_is_held_then_released_after_the_send():
@@ -158,7 +173,7 @@ def test_in_flight_send_after_restart_follows_the_unknown_outcome_policy():
         state = ChatState()
         feed(state, ev(MessageSent("m1", "x"), 1))
         state.outbox[0].status = IN_FLIGHT
-        restored = ChatState.from_bytes(state.to_bytes())
+        restored = ChatState.from_bytes(state.to_bytes(), state.bodies())
         outcomes = on_restore(restored, policy)
         assert [o.outcome for o in outcomes] == [expected]
         if policy == "resend":
@@ -182,7 +197,7 @@ def test_state_round_trips_through_the_changelog_codec():
     feed(state, ev(MessageSent("m1", "x"), 2))
     feed(state, ev(MessageDeleted("m0"), 3))
     state.failed = [7]
-    again = ChatState.from_bytes(state.to_bytes())
+    again = ChatState.from_bytes(state.to_bytes(), state.bodies())
     assert again.to_bytes() == state.to_bytes()
     assert again.outbox[0].element == state.outbox[0].element
     assert again.deleted == ["m0"] and again.watermark == 0
@@ -195,17 +210,19 @@ def test_a_calls_changing_fields_reach_the_changelog_after_it_was_encoded_once()
     feed(state, ev(MessageSent("m1", "x", files=()), 2))
     call = state.outbox[0]
     call.raw, call.raw_key, call.headers = b"\x01\xff", b"k", (("h", b"\x00v"),)
-    first = ChatState.from_bytes(state.to_bytes()).outbox[0]
+    first = ChatState.from_bytes(state.to_bytes(), state.bodies()).outbox[0]
     assert (first.status, first.attempts, first.raw, first.headers) == (
         QUEUED,
         0,
         b"\x01\xff",
         (("h", b"\x00v"),),
     )
-    assert ChatState.from_bytes(state.to_bytes()).outbox[0].status == QUEUED  # reused
+    assert (
+        ChatState.from_bytes(state.to_bytes(), state.bodies()).outbox[0].status == QUEUED
+    )  # reused
     call.status, call.attempts, call.first_failure_ms = IN_FLIGHT, 2, 123
     call.held_since_ms, call.redrive_count = 45, 1
-    again = ChatState.from_bytes(state.to_bytes()).outbox[0]
+    again = ChatState.from_bytes(state.to_bytes(), state.bodies()).outbox[0]
     assert (
         again.status,
         again.attempts,
@@ -240,3 +257,39 @@ def test_a_gap_is_given_up_only_after_the_partition_was_read_to_its_end():
     ]
     assert state.failed == [2]  # a redrive may apply it on purpose
     assert [a for _, a in lane.offer(state, first, 71_000).ready] == ["duplicate"]
+
+
+def test_a_chats_record_refers_to_its_calls_and_stays_small_however_long_the_outbox():
+    """Bodies are records of their own: a change to a chat with 200 waiting calls writes
+    a record of about 20 bytes per call, not the calls' elements and original records."""
+    state = ChatState(session=True)
+    for seq in range(1, 201):
+        feed(state, ev(MessageSent(f"m{seq}", "a fairly long message text " * 4), seq))
+    for call in state.outbox:
+        call.raw = b"\x00" * 300
+    record = state.to_bytes()
+    assert len(record) < 25 * len(state.outbox) + 100
+    assert b"fairly long" not in record
+    assert len(state.bodies()) == 200 and all(b"fairly long" in b for b in state.bodies().values())
+
+
+def test_a_missing_body_is_named_and_an_old_inline_record_still_reads():
+    state = ChatState(session=True)
+    feed(state, ev(MessageSent("m1", "x"), 1))
+    call = state.outbox[0]
+    with pytest.raises(MissingCallBody, match=f"offset {call.offset}"):
+        ChatState.from_bytes(state.to_bytes(), {})
+    # Before bodies had records of their own, the whole call was inline (15 fields).
+    inline = [*orjson.loads(call.body()), IN_FLIGHT, 2, 5, 0, 1]
+    old = ChatState.from_bytes(orjson.dumps({"w": 1, "a": 0, "s": 1, "o": [inline]}))
+    assert (old.outbox[0].element, old.outbox[0].status, old.outbox[0].attempts) == (
+        call.element,
+        IN_FLIGHT,
+        2,
+    )
+
+
+@pytest.mark.parametrize("chat", ["p|c|1|42", "p|c|1|\x00\xff9", "p|c|1|чат 7", "p|c|1|a\x001"])
+def test_body_keys_never_read_as_a_chats_key_and_back(chat):
+    assert parse_body_key(chat.encode()) is None
+    assert parse_body_key(body_key(chat, 1234)) == (chat, 1234)
