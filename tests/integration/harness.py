@@ -6,6 +6,7 @@ import json
 import random
 import threading
 import time
+import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -16,7 +17,7 @@ from prometheus_client import CollectorRegistry
 from consumer.bitrix.oauth import MemoryTokenStore, TokenStore
 from consumer.codec import ChatEventEncoder
 from consumer.engine import Engine
-from consumer.events import ChatEvent
+from consumer.events import ChatEvent, ExternalUser, Payload
 from consumer.fold import FoldConfig, new_call, on_event, on_success
 from consumer.mapping import RENAME, element_for
 from consumer.metrics import Metrics
@@ -30,6 +31,26 @@ CONNECTOR = "test_connector"
 LINE = 7
 PORTAL = "portal-a"
 FINAL = {"applied", "dead_lettered", "moot", "superseded", "skipped"}
+
+
+def chat_event(
+    chat: str, seq: int, payload: Payload, user: ExternalUser | None = None
+) -> ChatEvent:
+    """Event `seq` of `chat` on the test portal, connector and line."""
+    return ChatEvent(
+        event_id=str(uuid.uuid4()),
+        portal=PORTAL,
+        connector=CONNECTOR,
+        line=LINE,
+        chat_id=chat,
+        occurred_at=1_764_000_000_000 + seq * 1000,
+        payload=payload,
+        sequence=seq,
+        user=user
+        or ExternalUser(
+            id=f"user-{chat}", name="Anna", last_name="Ivanova", email="anna@example.com"
+        ),
+    )
 
 
 def shuffled_workload(

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 import struct
-import uuid
 from collections import Counter
 from typing import Any
 
@@ -19,7 +18,6 @@ from consumer.events import (
     ChatEvent,
     ChatRenamed,
     DeliveryConfirmed,
-    ExternalUser,
     File,
     MessageDeleted,
     MessageEdited,
@@ -35,6 +33,7 @@ from tests.integration.harness import (
     EngineThread,
     OutcomeWatcher,
     applied_call_list,
+    chat_event,
     expected_calls,
     make_settings,
     produce,
@@ -56,26 +55,9 @@ def sim():
         yield server
 
 
-def _event(chat: str, seq: int, payload, user: ExternalUser | None = None) -> ChatEvent:
-    return ChatEvent(
-        event_id=str(uuid.uuid4()),
-        portal=PORTAL,
-        connector=CONNECTOR,
-        line=LINE,
-        chat_id=chat,
-        occurred_at=1_764_000_000_000 + seq * 1000,
-        payload=payload,
-        sequence=seq,
-        user=user
-        or ExternalUser(
-            id=f"user-{chat}", name="Anna", last_name="Ivanova", email="anna@example.com"
-        ),
-    )
-
-
 def six_kinds(chat: str) -> list[ChatEvent]:
     return [
-        _event(
+        chat_event(
             chat,
             1,
             MessageSent(
@@ -86,11 +68,11 @@ def six_kinds(chat: str) -> list[ChatEvent]:
                 chat_url="https://t.me/x",
             ),
         ),
-        _event(chat, 2, ChatRenamed("VIP customer")),
-        _event(chat, 3, MessageEdited("m1", "Hello again")),
-        _event(chat, 4, DeliveryConfirmed(4242, 777, ("op-1", "op-2"), 1_764_000_009_000)),
-        _event(chat, 5, ReadConfirmed(4242, 777, ("op-1",))),
-        _event(chat, 6, MessageDeleted("m1")),
+        chat_event(chat, 2, ChatRenamed("VIP customer")),
+        chat_event(chat, 3, MessageEdited("m1", "Hello again")),
+        chat_event(chat, 4, DeliveryConfirmed(4242, 777, ("op-1", "op-2"), 1_764_000_009_000)),
+        chat_event(chat, 5, ReadConfirmed(4242, 777, ("op-1",))),
+        chat_event(chat, 6, MessageDeleted("m1")),
     ]
 
 
@@ -163,7 +145,7 @@ def test_poison_records_are_dead_lettered_and_the_partition_keeps_flowing(
         produce_raw(kafka_bootstrap, topic, key, b"\x07not avro at all")
         produce_raw(kafka_bootstrap, topic, key, b"\x00" + struct.pack(">I", 999_999) + b"\x02")
         produce(
-            kafka_bootstrap, topic, [_event("chat-p", 1, MessageSent("m1", "after"))], [encoder]
+            kafka_bootstrap, topic, [chat_event("chat-p", 1, MessageSent("m1", "after"))], [encoder]
         )
         wait_until(lambda: running.outcome("applied") >= 1, 60, "the good record applied")
         assert running.outcome("dead_lettered") == 2

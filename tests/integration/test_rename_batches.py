@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -19,7 +18,7 @@ from consumer.bitrix.client import BitrixClient
 from consumer.bitrix.oauth import MemoryTokenStore
 from consumer.codec import ChatEventEncoder
 from consumer.dispatch import Batch, BatchDone, CallResult, Dispatcher
-from consumer.events import ChatEvent, ChatRenamed, ExternalUser, MessageSent
+from consumer.events import ChatRenamed, MessageSent
 from consumer.mapping import RENAME, SEND
 from consumer.metrics import Metrics
 from consumer.settings import HttpSettings, PortalSettings, RetrySettings
@@ -32,6 +31,7 @@ from tests.integration.harness import (
     EngineThread,
     OutcomeWatcher,
     applied_call_list,
+    chat_event,
     expected_calls,
     make_settings,
     portal_settings,
@@ -163,9 +163,9 @@ def test_a_backlog_of_renames_goes_out_in_batch_requests_in_order(
         chat = f"rb-{i}"
         scripts.append(
             [
-                _event(chat, 1, MessageSent(f"{chat}-m1", "first")),
-                _event(chat, 2, ChatRenamed(f"{chat} renamed")),
-                _event(chat, 3, ChatRenamed(f"{chat} renamed again")),
+                chat_event(chat, 1, MessageSent(f"{chat}-m1", "first")),
+                chat_event(chat, 2, ChatRenamed(f"{chat} renamed")),
+                chat_event(chat, 3, ChatRenamed(f"{chat} renamed again")),
             ]
         )
     events = [e for script in scripts for e in script]
@@ -186,17 +186,3 @@ def test_a_backlog_of_renames_goes_out_in_batch_requests_in_order(
     # Up to two renames per chat (the older one may be superseded while it waits).
     assert len(renames) >= 300
     assert len(carriers) <= 3 * math.ceil(len(renames) / 50), "renames share requests"
-
-
-def _event(chat: str, seq: int, payload: MessageSent | ChatRenamed) -> ChatEvent:
-    return ChatEvent(
-        event_id=str(uuid.uuid4()),
-        portal=PORTAL,
-        connector=CONNECTOR,
-        line=LINE,
-        chat_id=chat,
-        occurred_at=1_764_000_000_000 + seq * 1000,
-        payload=payload,
-        sequence=seq,
-        user=ExternalUser(id=f"u-{chat}", name="Anna"),
-    )
