@@ -14,6 +14,17 @@ from consumer.simulator import ManualClock, SimulatorConfig, SimulatorServer
 
 CONNECTOR = "demo"
 LINE = 1
+# The keys of every `time` block (a call's envelope, each batch sub-call's result_time).
+TIME_KEYS = {
+    "start",
+    "finish",
+    "duration",
+    "processing",
+    "date_start",
+    "date_finish",
+    "operating_reset_at",
+    "operating",
+}
 # One TLS context for every client: building it is the slowest part of httpx.Client() and
 # the simulator speaks plain http anyway.
 _TLS = ssl.create_default_context()

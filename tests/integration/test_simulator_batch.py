@@ -10,22 +10,19 @@ from urllib.parse import quote, urlencode
 
 import httpx
 import pytest
-from simulator_fixtures import CONNECTOR, LINE, Sim, message, running_simulator
+from simulator_fixtures import (
+    CONNECTOR,
+    LINE,
+    TIME_KEYS,
+    Sim,
+    message,
+    running_simulator,
+)
 
 from consumer.simulator import SimulatorConfig
 from consumer.simulator.cli import add_cli_arguments, build_config
 
 RENAME = "imconnector.chat.name.set"
-TIME_KEYS = {
-    "start",
-    "finish",
-    "duration",
-    "processing",
-    "date_start",
-    "date_finish",
-    "operating_reset_at",
-    "operating",
-}
 
 
 @pytest.fixture

@@ -6,18 +6,15 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from simulator_fixtures import CONNECTOR, LINE, Sim, message, running_simulator
+from simulator_fixtures import (
+    CONNECTOR,
+    LINE,
+    TIME_KEYS,
+    Sim,
+    message,
+    running_simulator,
+)
 
-TIME_KEYS = {
-    "start",
-    "finish",
-    "duration",
-    "processing",
-    "date_start",
-    "date_finish",
-    "operating_reset_at",
-    "operating",
-}
 ICON = {"DATA_IMAGE": "data:image/svg+xml,%3Csvg%3E%3C/svg%3E", "COLOR": "#69acc0"}
 
 
