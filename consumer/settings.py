@@ -149,6 +149,9 @@ class HttpSettings(BaseModel):
     read_timeout_s: float = Field(default=65.0, gt=0)
     max_connections: int = Field(default=16, ge=1)
     user_agent: str = "imconnector-consumer"
+    # "asyncio": consumer.bitrix.netio (no system calls beyond send/receive per request);
+    # "anyio": httpx's own backend, the way back should the first ever misbehave.
+    network_backend: Literal["asyncio", "anyio"] = "asyncio"
 
 
 class Settings(BaseSettings):

@@ -10,10 +10,12 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlencode
 
+import httpcore
 import httpx
 import orjson
 
 from consumer.bitrix.classify import check_response, classify_transport
+from consumer.bitrix.netio import AsyncioBackend
 from consumer.bitrix.oauth import PortalTokens, TokenSet, TokenStore
 from consumer.errors import AuthError, AuthFailed, ConfigError
 from consumer.settings import HttpSettings, PortalSettings
@@ -32,6 +34,21 @@ def seed_tokens(settings: PortalSettings) -> TokenSet | None:
         client_endpoint=settings.rest_url,
         issued_at=0.0,
     )
+
+
+def _transport(http_settings: HttpSettings, limits: httpx.Limits) -> httpx.AsyncHTTPTransport:
+    """httpx's transport, on the asyncio network backend unless configured otherwise."""
+    transport = httpx.AsyncHTTPTransport(limits=limits)
+    if http_settings.network_backend == "asyncio":
+        # httpx takes no backend argument; its pool does (httpcore's documented hook).
+        transport._pool = httpcore.AsyncConnectionPool(
+            ssl_context=httpx.create_ssl_context(),
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry,
+            network_backend=AsyncioBackend(),
+        )
+    return transport
 
 
 class BitrixClient:
@@ -55,6 +72,7 @@ class BitrixClient:
         self._http = httpx.AsyncClient(
             timeout=timeout,
             limits=limits,
+            transport=_transport(http_settings, limits),
             headers={"User-Agent": http_settings.user_agent, "Accept": "application/json"},
         )
         self.portals = portals
