@@ -36,19 +36,36 @@ def seed_tokens(settings: PortalSettings) -> TokenSet | None:
     )
 
 
-def _transport(http_settings: HttpSettings, limits: httpx.Limits) -> httpx.AsyncHTTPTransport:
-    """httpx's transport, on the asyncio network backend unless configured otherwise."""
-    transport = httpx.AsyncHTTPTransport(limits=limits)
-    if http_settings.network_backend == "asyncio":
-        # httpx takes no backend argument; its pool does (httpcore's documented hook).
-        transport._pool = httpcore.AsyncConnectionPool(
+def http_client(http_settings: HttpSettings) -> httpx.AsyncClient:
+    """The client for portals: timeouts, pool size, and the configured network backend.
+
+    Only direct connections move to `consumer.bitrix.netio`: httpx routes proxied portals
+    (`HTTPS_PROXY`, `ALL_PROXY`, minus `NO_PROXY`) through transports of their own, which
+    keep httpx's backend. Giving httpx a transport of our own would turn the environment's
+    proxies off, so the default transport's pool is swapped instead (httpcore takes a
+    backend; httpx passes none through).
+    """
+    limits = httpx.Limits(
+        max_connections=http_settings.max_connections,
+        max_keepalive_connections=http_settings.max_connections,
+    )
+    client = httpx.AsyncClient(
+        timeout=httpx.Timeout(
+            http_settings.read_timeout_s, connect=http_settings.connect_timeout_s
+        ),
+        limits=limits,
+        headers={"User-Agent": http_settings.user_agent, "Accept": "application/json"},
+    )
+    direct = client._transport
+    if http_settings.network_backend == "asyncio" and isinstance(direct, httpx.AsyncHTTPTransport):
+        direct._pool = httpcore.AsyncConnectionPool(
             ssl_context=httpx.create_ssl_context(),
             max_connections=limits.max_connections,
             max_keepalive_connections=limits.max_keepalive_connections,
             keepalive_expiry=limits.keepalive_expiry,
             network_backend=AsyncioBackend(),
         )
-    return transport
+    return client
 
 
 class BitrixClient:
@@ -62,19 +79,7 @@ class BitrixClient:
         *,
         on_refresh: object = None,
     ) -> None:
-        timeout = httpx.Timeout(
-            http_settings.read_timeout_s, connect=http_settings.connect_timeout_s
-        )
-        limits = httpx.Limits(
-            max_connections=http_settings.max_connections,
-            max_keepalive_connections=http_settings.max_connections,
-        )
-        self._http = httpx.AsyncClient(
-            timeout=timeout,
-            limits=limits,
-            transport=_transport(http_settings, limits),
-            headers={"User-Agent": http_settings.user_agent, "Accept": "application/json"},
-        )
+        self._http = http_client(http_settings)
         self.portals = portals
         self.tokens: dict[str, PortalTokens] = {
             name: PortalTokens(

@@ -20,7 +20,7 @@ import pytest
 import trustme
 
 from consumer.bitrix.classify import classify_transport
-from consumer.bitrix.client import _transport
+from consumer.bitrix.client import http_client
 from consumer.bitrix.netio import AsyncioBackend
 from consumer.errors import AmbiguousError, TransientError
 from consumer.settings import HttpSettings
@@ -34,6 +34,7 @@ class Server:
     mode: str = "ok"  # ok | close-after | silent | reset
     connections: int = 0
     requests: list[bytes] = field(default_factory=list)
+    request_lines: list[bytes] = field(default_factory=list)
     closed: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -41,6 +42,7 @@ class Server:
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
+                self.request_lines.append(head.split(b"\r\n", 1)[0])
                 length = 0
                 for line in head.split(b"\r\n"):
                     if line.lower().startswith(b"content-length:"):
@@ -80,18 +82,36 @@ async def serve(
         await test(f"{scheme}://localhost:{port}/rest/")
 
 
-def client() -> httpx.AsyncClient:
-    settings = HttpSettings()
-    limits = httpx.Limits(max_connections=4, max_keepalive_connections=4)
-    return httpx.AsyncClient(transport=_transport(settings, limits), timeout=5)
+def client(**settings: float) -> httpx.AsyncClient:
+    return http_client(HttpSettings(max_connections=4, **settings))
 
 
-def test_the_service_transport_uses_the_asyncio_backend_unless_told_otherwise():
-    limits = httpx.Limits(max_connections=2)
-    default = _transport(HttpSettings(), limits)
-    fallback = _transport(HttpSettings(network_backend="anyio"), limits)
-    assert isinstance(default._pool._network_backend, AsyncioBackend)
-    assert not isinstance(fallback._pool._network_backend, AsyncioBackend)
+def _backend(client: httpx.AsyncClient) -> object:
+    transport = client._transport
+    assert isinstance(transport, httpx.AsyncHTTPTransport)
+    return transport._pool._network_backend
+
+
+def test_the_service_client_uses_the_asyncio_backend_unless_told_otherwise():
+    assert isinstance(_backend(http_client(HttpSettings())), AsyncioBackend)
+    fallback = http_client(HttpSettings(network_backend="anyio"))
+    assert not isinstance(_backend(fallback), AsyncioBackend)
+
+
+def test_a_proxy_from_the_environment_is_still_used(monkeypatch: pytest.MonkeyPatch):
+    server = Server(body=b'{"result":"via proxy"}')
+
+    async def test(url: str) -> None:
+        monkeypatch.setenv("HTTP_PROXY", url.replace("localhost", "127.0.0.1"))
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        async with client() as http:
+            response = await http.post("http://portal.invalid/rest/profile", content=b"{}")
+            assert response.content == b'{"result":"via proxy"}'
+
+    asyncio.run(serve(server, test))
+    # An absolute URL in the request line: the request went to the proxy, not the portal.
+    assert server.request_lines == [b"POST http://portal.invalid/rest/profile HTTP/1.1"]
 
 
 def test_requests_share_one_kept_alive_connection_and_large_bodies_pass_both_ways():
@@ -194,9 +214,7 @@ def test_no_answer_is_a_read_timeout_and_ambiguous():
     server = Server(mode="silent")
 
     async def test(url: str) -> None:
-        async with httpx.AsyncClient(
-            transport=_transport(HttpSettings(), httpx.Limits()), timeout=httpx.Timeout(0.3)
-        ) as http:
+        async with client(read_timeout_s=0.3) as http:
             with pytest.raises(httpx.ReadTimeout) as caught:
                 await http.post(url, content=b"sent")
         assert isinstance(classify_transport(caught.value), AmbiguousError)
