@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from typing import Any
 
 import httpcore
@@ -98,8 +98,13 @@ def _expire(future: asyncio.Future[None]) -> None:
         future.set_exception(TimeoutError())
 
 
-async def _wait(future: asyncio.Future[None], timeout: float | None) -> None:
-    """Await `future`, raising TimeoutError after `timeout` seconds (None: no limit)."""
+async def _woken(protocol: _Protocol, *, writer: bool, timeout: float | None) -> None:
+    """Wait for the protocol to wake its reader (or writer); TimeoutError after `timeout`."""
+    future = asyncio.get_running_loop().create_future()
+    if writer:
+        protocol.drained = future
+    else:
+        protocol.waiter = future
     if timeout is None:
         await future
         return
@@ -124,10 +129,8 @@ class AsyncioStream(AsyncNetworkStream):
         if self._pending:
             await self._flush(timeout)
         if not protocol.buffer and not protocol.eof:
-            future = asyncio.get_running_loop().create_future()
-            protocol.waiter = future
             try:
-                await _wait(future, timeout)
+                await _woken(protocol, writer=False, timeout=timeout)
             except TimeoutError:
                 raise httpcore.ReadTimeout("timed out reading the response") from None
         buffer = protocol.buffer
@@ -161,10 +164,8 @@ class AsyncioStream(AsyncNetworkStream):
             raise httpcore.WriteError("the connection is closed")
         self._transport.write(data)
         if protocol.writing_paused:
-            future = asyncio.get_running_loop().create_future()
-            protocol.drained = future
             try:
-                await _wait(future, timeout)
+                await _woken(protocol, writer=True, timeout=timeout)
             except TimeoutError:
                 raise httpcore.WriteTimeout("timed out sending the request") from None
             if protocol.error is not None:
@@ -233,16 +234,8 @@ class AsyncioBackend(AsyncNetworkBackend):
     ) -> AsyncNetworkStream:
         loop = asyncio.get_running_loop()
         local = (local_address, 0) if local_address else None
-        try:
-            transport, protocol = await asyncio.wait_for(
-                loop.create_connection(_Protocol, host, port, local_addr=local), timeout
-            )
-        except TimeoutError:
-            raise httpcore.ConnectTimeout(f"timed out connecting to {host}:{port}") from None
-        except OSError as exc:
-            raise httpcore.ConnectError(f"cannot connect to {host}:{port}: {exc}") from None
-        _apply_options(transport, socket_options)
-        return AsyncioStream(transport, protocol)
+        opening = loop.create_connection(_Protocol, host, port, local_addr=local)
+        return await _connect(opening, f"{host}:{port}", timeout, socket_options)
 
     async def connect_unix_socket(
         self,
@@ -250,20 +243,27 @@ class AsyncioBackend(AsyncNetworkBackend):
         timeout: float | None = None,
         socket_options: Iterable[SocketOption] | None = None,
     ) -> AsyncNetworkStream:
-        loop = asyncio.get_running_loop()
-        try:
-            transport, protocol = await asyncio.wait_for(
-                loop.create_unix_connection(_Protocol, path), timeout
-            )
-        except TimeoutError:
-            raise httpcore.ConnectTimeout(f"timed out connecting to {path}") from None
-        except OSError as exc:
-            raise httpcore.ConnectError(f"cannot connect to {path}: {exc}") from None
-        _apply_options(transport, socket_options)
-        return AsyncioStream(transport, protocol)
+        opening = asyncio.get_running_loop().create_unix_connection(_Protocol, path)
+        return await _connect(opening, path, timeout, socket_options)
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
+
+
+async def _connect(
+    opening: Coroutine[Any, Any, tuple[asyncio.Transport, _Protocol]],
+    where: str,
+    timeout: float | None,
+    options: Iterable[SocketOption] | None,
+) -> AsyncioStream:
+    try:
+        transport, protocol = await asyncio.wait_for(opening, timeout)
+    except TimeoutError:
+        raise httpcore.ConnectTimeout(f"timed out connecting to {where}") from None
+    except OSError as exc:
+        raise httpcore.ConnectError(f"cannot connect to {where}: {exc}") from None
+    _apply_options(transport, options)
+    return AsyncioStream(transport, protocol)
 
 
 def _apply_options(transport: asyncio.Transport, options: Iterable[SocketOption] | None) -> None:

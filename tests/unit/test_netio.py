@@ -248,3 +248,28 @@ def test_a_refused_connection_is_safe_to_retry():
         assert isinstance(classify_transport(caught.value), TransientError)
 
     asyncio.run(test())
+
+
+def test_a_unix_socket_portal(tmp_path):
+    server = Server(body=b'{"result":"over a unix socket"}')
+    path = str(tmp_path / "portal.sock")
+
+    async def test() -> None:
+        listener = await asyncio.start_unix_server(server.handle, path)
+        async with (
+            listener,
+            httpcore.AsyncConnectionPool(uds=path, network_backend=AsyncioBackend()) as pool,
+        ):
+            response = await pool.request("POST", "http://portal/rest/x", content=b"{}")
+            assert response.content == b'{"result":"over a unix socket"}'
+
+    asyncio.run(test())
+    assert server.requests == [b"{}"]
+
+
+def test_a_missing_unix_socket_is_a_connect_error(tmp_path):
+    async def test() -> None:
+        with pytest.raises(httpcore.ConnectError, match="nothing-here"):
+            await AsyncioBackend().connect_unix_socket(str(tmp_path / "nothing-here"), timeout=1)
+
+    asyncio.run(test())
