@@ -15,6 +15,7 @@ import logging
 import re
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -58,13 +59,22 @@ from consumer.state import (
     QUEUED,
     ChatState,
     PendingCall,
+    block_key,
     body_key,
+    decode_block,
+    encode_block,
+    is_block_key,
     parse_body_key,
 )
 
 logger = logging.getLogger(__name__)
 
 REDRIVE_HEADER = "imconnector.redrive.count"
+BLOCK_BYTES = 256 * 1024  # a block of call bodies is closed at this size (Kafka's limit is 1 MB)
+# A block down to a quarter of its calls for this long has them written again into a new
+# one and goes: a few long-waiting calls (an outage of one portal) must not keep the
+# bodies of every call they shared a commit with.
+REHOME_AFTER_S = 60.0
 _ACTIVITY = re.compile(rb'"a":(\d+)')
 
 
@@ -103,9 +113,15 @@ class PartitionWork:
     caught_up_ms: int = 0  # when the partition was last read to its end
     rewind_until: float = 0.0
     # Call bodies in the changelog (see consumer.state): restored ones not yet attached to
-    # their chat, the offsets written per chat, and keys of bodies no chat refers to.
-    bodies: dict[str, dict[int, bytes]] = field(default_factory=dict)
+    # their chat, the offsets written per chat, the block holding each (none for a body
+    # record of its own, as written before blocks), how many live calls each block still
+    # holds, and keys of body records and blocks no chat refers to.
+    bodies: dict[str, dict[int, bytes | list[Any]]] = field(default_factory=dict)
     stored: dict[str, set[int]] = field(default_factory=dict)
+    block_of: dict[tuple[str, int], bytes] = field(default_factory=dict)
+    block_live: dict[bytes, int] = field(default_factory=dict)
+    block_size: dict[bytes, tuple[int, float]] = field(default_factory=dict)  # calls, born
+    sparse: set[bytes] = field(default_factory=set)  # blocks to write again and delete
     orphans: set[bytes] = field(default_factory=set)
 
     def state(self, chat: str) -> ChatState:
@@ -121,10 +137,17 @@ class PartitionWork:
             referred = {call.offset for call in decoded.calls()}
             if referred:
                 self.stored[chat] = referred
-            self.orphans.update(body_key(chat, offset) for offset in bodies.keys() - referred)
+            for offset in bodies.keys() - referred:
+                self.unreferenced(chat, offset)
             self.states[chat] = decoded
             return decoded
         return value
+
+    def unreferenced(self, chat: str, offset: int) -> None:
+        """A restored body no chat refers to: its own record goes; its block's place is
+        given up (the block goes once none of its calls is live, see `Engine._restore`)."""
+        if self.block_of.pop((chat, offset), None) is None:
+            self.orphans.add(body_key(chat, offset))
 
     def committable(self) -> int:
         """The offset to commit: nothing past an event still waiting in a reorder buffer."""
@@ -186,6 +209,8 @@ class Engine:
             t: metrics.events_consumed.labels(topic=t) for t in settings.source_topics
         }
         self._outcome_counters: dict[str, Any] = {}
+        self._writer = uuid.uuid4().hex[:12]  # names this run's blocks of call bodies
+        self._blocks = 0
 
     # -- life cycle ----------------------------------------------------------------------
     def stop(self) -> None:
@@ -781,6 +806,8 @@ class Engine:
         assert self._consumer is not None and self._producer is not None
         offsets: list[TopicPartition] = []
         for work in self.parts.values():
+            if work.sparse:
+                self._rehome(work)
             target = work.committable()
             if target > work.committed and target >= 0:
                 offsets.append(TopicPartition(work.topic, work.partition, target))
@@ -793,15 +820,16 @@ class Engine:
             if not (work.dirty or work.orphans):
                 continue
             changelog = self.settings.changelog_topic(work.topic)
+            fresh: list[tuple[str, PendingCall]] = []
             for chat in work.dirty:
                 state = work.states.get(chat)
                 if state is None:
                     value = None  # tombstone: the chat expired
-                    self._write_bodies(work, changelog, chat, [])
+                    self._write_bodies(work, changelog, chat, [], fresh)
                 elif isinstance(state, bytes):
                     value = state
                 else:
-                    self._write_bodies(work, changelog, chat, state.calls())
+                    self._write_bodies(work, changelog, chat, state.calls(), fresh)
                     value = state.to_bytes()
                     if state.is_idle() and chat not in work.busy and not state.recent_ids:
                         work.states[chat] = value  # keep idle chats compact in memory
@@ -809,6 +837,7 @@ class Engine:
                     changelog, chat.encode(), value, None, partition=work.partition, replay=False
                 )
                 self._txn_chats.append((work, chat))
+            self._write_blocks(work, changelog, fresh)
             for key in work.orphans:
                 self._produce(changelog, key, None, None, partition=work.partition, replay=False)
             work.dirty.clear()
@@ -856,36 +885,84 @@ class Engine:
         return True
 
     def _write_bodies(
-        self, work: PartitionWork, changelog: str, chat: str, calls: list[PendingCall]
+        self,
+        work: PartitionWork,
+        changelog: str,
+        chat: str,
+        calls: list[PendingCall],
+        fresh: list[tuple[str, PendingCall]],
     ) -> None:
-        """Write the bodies of the chat's new calls, tombstones for its finished ones."""
+        """Queue the bodies of the chat's new calls for this commit's blocks; let go of
+        the bodies of its finished ones."""
         written = work.stored.get(chat)
         if not calls and not written:
             return
         now = {call.offset for call in calls}
         for call in calls:
             if written is None or call.offset not in written:
-                self._produce(
-                    changelog,
-                    body_key(chat, call.offset),
-                    call.body(),
-                    None,
-                    partition=work.partition,
-                    replay=False,
-                )
+                fresh.append((chat, call))
         for offset in (written or set()) - now:
-            self._produce(
-                changelog,
-                body_key(chat, offset),
-                None,
-                None,
-                partition=work.partition,
-                replay=False,
-            )
+            self._release(work, changelog, chat, offset)
         if now:
             work.stored[chat] = now
         else:
             work.stored.pop(chat, None)
+
+    def _write_blocks(
+        self, work: PartitionWork, changelog: str, fresh: list[tuple[str, PendingCall]]
+    ) -> None:
+        """The new bodies of one partition's commit, in as few block records as fit."""
+        start = 0
+        while start < len(fresh):
+            end, size = start, 0
+            while end < len(fresh) and (end == start or size < BLOCK_BYTES):
+                size += len(fresh[end][1].body())
+                end += 1
+            items = fresh[start:end]
+            key = block_key(self._writer, self._blocks)
+            self._blocks += 1
+            self._produce(
+                changelog, key, encode_block(items), None, partition=work.partition, replay=False
+            )
+            for chat, call in items:
+                work.block_of[(chat, call.offset)] = key
+            work.block_live[key] = len(items)
+            work.block_size[key] = (len(items), time.monotonic())
+            start = end
+
+    def _release(self, work: PartitionWork, changelog: str, chat: str, offset: int) -> None:
+        """A call's body is no longer needed: delete its record, or its block once the
+        block holds no live call."""
+        key = work.block_of.pop((chat, offset), None)
+        if key is None:
+            key = body_key(chat, offset)  # a body record of its own (before blocks)
+        else:
+            left = work.block_live.get(key, 1) - 1
+            if left > 0:
+                work.block_live[key] = left
+                size, born = work.block_size.get(key, (left, 0.0))
+                if 4 * left <= size and time.monotonic() - born >= REHOME_AFTER_S:
+                    work.sparse.add(key)
+                return
+            work.block_live.pop(key, None)
+            work.block_size.pop(key, None)
+            work.sparse.discard(key)
+        self._produce(changelog, key, None, None, partition=work.partition, replay=False)
+
+    @staticmethod
+    def _rehome(work: PartitionWork) -> None:
+        """Sparse blocks: their live calls' bodies go into this commit's blocks, and the
+        old blocks are deleted in the same transaction (as orphans, after the new ones)."""
+        for (chat, offset), key in list(work.block_of.items()):
+            if key in work.sparse:
+                del work.block_of[(chat, offset)]
+                work.stored.get(chat, set()).discard(offset)
+                work.dirty.add(chat)
+        for key in work.sparse:
+            work.block_live.pop(key, None)
+            work.block_size.pop(key, None)
+        work.orphans.update(work.sparse)
+        work.sparse.clear()
 
     def _replay_aborted(self) -> None:
         assert self._producer is not None
@@ -898,9 +975,12 @@ class Engine:
         for work, chat in chats:
             if self.parts.get((work.topic, work.partition)) is work:
                 work.dirty.add(chat)
-                # Its bodies were in the aborted transaction: write them all again (bodies
-                # it finished meanwhile stay as orphans until the next restore drops them).
-                work.stored.pop(chat, None)
+                # Its new bodies were in the aborted transaction: write all its waiting
+                # calls' bodies again, into this transaction's blocks (bodies it finished
+                # meanwhile stay as orphans until the next restore drops them).
+                changelog = self.settings.changelog_topic(work.topic)
+                for offset in work.stored.pop(chat, set()):
+                    self._release(work, changelog, chat, offset)
 
     # -- rebalance -----------------------------------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -928,13 +1008,18 @@ class Engine:
         count = 0
         value: bytes | None
         bodies = work.bodies
+        blocks: dict[bytes, list[tuple[str, int]]] = {}
         for key, value in read_partition_to_end(reader, changelog, work.partition, timeout=300):
             count += 1
+            if is_block_key(key):
+                self._restore_block(work, blocks, key, value)
+                continue
             body = parse_body_key(key)
-            if body is not None:
+            if body is not None:  # a body record of its own (written before blocks)
                 owner, offset = body
                 if value is None:
-                    bodies.get(owner, {}).pop(offset, None)
+                    if (owner, offset) not in work.block_of:  # not re-homed to a block
+                        bodies.get(owner, {}).pop(offset, None)
                 else:
                     bodies.setdefault(owner, {})[offset] = value
                 continue
@@ -960,8 +1045,17 @@ class Engine:
                 work.held_renames.add(chat)
             self._make_ready(work, chat, state)
         for owner, left in bodies.items():  # no chat refers to them: finished calls
-            work.orphans.update(body_key(owner, offset) for offset in left)
+            for offset in left:
+                work.unreferenced(owner, offset)
         bodies.clear()
+        for key in work.block_of.values():
+            work.block_live[key] = work.block_live.get(key, 0) + 1
+        restored_at = time.monotonic()
+        for key, items in blocks.items():
+            if key in work.block_live:
+                work.block_size[key] = (len(items), restored_at)
+            else:
+                work.orphans.add(key)
         logger.info(
             "restored %d chat states of %s[%d] from %d records in %.2fs",
             len(states),
@@ -970,6 +1064,26 @@ class Engine:
             count,
             time.monotonic() - started,
         )
+
+    @staticmethod
+    def _restore_block(
+        work: PartitionWork,
+        blocks: dict[bytes, list[tuple[str, int]]],
+        key: bytes,
+        value: bytes | None,
+    ) -> None:
+        """A block of call bodies read at restore (None: its tombstone)."""
+        if value is None:
+            for chat, offset in blocks.pop(key, ()):
+                if work.block_of.get((chat, offset)) == key:  # not re-homed to a later one
+                    del work.block_of[(chat, offset)]
+                    work.bodies.get(chat, {}).pop(offset, None)
+            return
+        items = decode_block(value)
+        blocks[key] = [(chat, offset) for chat, offset, _ in items]
+        for chat, offset, body in items:
+            work.bodies.setdefault(chat, {})[offset] = body
+            work.block_of[(chat, offset)] = key
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.metrics.rebalances.labels(type="revoke").inc()

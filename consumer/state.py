@@ -3,11 +3,14 @@
 Pure data plus a compact JSON codec for the changelog topic. An idle chat holds a handful
 of small fields, so memory stays bounded by active chats (idle ones expire by TTL).
 
-In the changelog a chat is one record under its key (`to_bytes`) plus one record per
-waiting call under `body_key(chat, offset)` (`PendingCall.body`). The chat's record refers
-to its calls by source offset and carries only their changing fields, so a change costs
-a small record, whatever the length of the outbox; a call's body (its request element
-and the original record) is written once and deleted (tombstone) when the call is done.
+In the changelog a chat is one record under its key (`to_bytes`). The chat's record
+refers to its waiting calls by source offset and carries only their changing fields, so a
+change costs a small record, whatever the length of the outbox. A call's body (its
+request element and the original record, `PendingCall.body`) is written once: the bodies
+of the calls a commit adds to one partition share a block record (`block_key`,
+`encode_block`), deleted (tombstone) when the last of its calls is done. Changelogs
+written before blocks have one body record per call under `body_key(chat, offset)`;
+they are still read.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ QUEUED = 0
 IN_FLIGHT = 1
 
 _BODY_MARK = b"\xff"  # never occurs in UTF-8, so never in a chat's own key
+_BLOCK_MARK = b"\xfe"  # never occurs in UTF-8 either, and never starts a body key
 
 
 def body_key(chat: str, offset: int) -> bytes:
@@ -37,6 +41,27 @@ def parse_body_key(key: bytes) -> tuple[str, int] | None:
         return None
     chat, _, offset = key[1:].rpartition(_BODY_MARK)
     return chat.decode(), int(offset)
+
+
+def block_key(writer: str, number: int) -> bytes:
+    """The changelog key of block `number` of call bodies written by `writer` (an id
+    unique to one run of one process, so blocks never overwrite one another)."""
+    return b"%b%b-%d" % (_BLOCK_MARK, writer.encode(), number)
+
+
+def is_block_key(key: bytes) -> bool:
+    """True for the key of a block of call bodies."""
+    return key.startswith(_BLOCK_MARK)
+
+
+def encode_block(items: list[tuple[str, PendingCall]]) -> bytes:
+    """`[[chat, offset, body], ...]`: the bodies of calls of several chats."""
+    return orjson.dumps([[chat, call.offset, orjson.Fragment(call.body())] for chat, call in items])
+
+
+def decode_block(value: bytes) -> list[tuple[str, int, list[Any]]]:
+    """Inverse of `encode_block`: `(chat, offset, decoded body)` per call."""
+    return [(chat, offset, body) for chat, offset, body in orjson.loads(value)]
 
 
 class MissingCallBody(ValueError):
@@ -197,8 +222,11 @@ class ChatState:
         return orjson.dumps(doc)
 
     @classmethod
-    def from_bytes(cls, data: bytes, bodies: Mapping[int, bytes] | None = None) -> ChatState:
-        """Inverse of `to_bytes`; `bodies` are the chat's call bodies by offset."""
+    def from_bytes(
+        cls, data: bytes, bodies: Mapping[int, bytes | list[Any]] | None = None
+    ) -> ChatState:
+        """Inverse of `to_bytes`; `bodies` are the chat's call bodies by offset (a body
+        record's bytes, or a body already decoded from a block)."""
         doc = orjson.loads(data)
         held = doc.get("h")
         found = bodies or {}
@@ -218,10 +246,12 @@ class ChatState:
         )
 
 
-def _call(entry: list[Any], bodies: Mapping[int, bytes]) -> PendingCall:
+def _call(entry: list[Any], bodies: Mapping[int, bytes | list[Any]]) -> PendingCall:
     if len(entry) > 6:  # written before bodies had records of their own
         return PendingCall.from_json(entry)
     body = bodies.get(entry[0])
     if body is None:
         raise MissingCallBody(f"no body record for the waiting call from offset {entry[0]}")
-    return PendingCall.from_parts(body, entry)
+    if isinstance(body, bytes):
+        return PendingCall.from_parts(body, entry)
+    return PendingCall.from_json([*body, *entry[1:]])

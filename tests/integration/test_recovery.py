@@ -21,13 +21,14 @@ from dataclasses import replace
 import pytest
 from confluent_kafka import Producer
 
+from consumer import engine as engine_module
 from consumer.codec import ChatEventEncoder
-from consumer.events import ChatEvent, ChatRenamed, ExternalUser, MessageSent
+from consumer.events import ChatEvent, ChatRenamed, ExternalUser, MessageEdited, MessageSent
 from consumer.kafka_io import read_partition_to_end, restore_reader
 from consumer.mapping import SEND
 from consumer.settings import Settings
 from consumer.simulator import SimulatorConfig, SimulatorServer
-from consumer.state import body_key, parse_body_key
+from consumer.state import block_key, body_key, decode_block, is_block_key, parse_body_key
 from tests.integration.harness import (
     CONNECTOR,
     LINE,
@@ -35,6 +36,7 @@ from tests.integration.harness import (
     EngineThread,
     OutcomeWatcher,
     applied_call_list,
+    chat_event,
     check_calls,
     final_outcomes,
     make_settings,
@@ -213,9 +215,10 @@ def test_waiting_calls_survive_a_handover_and_finished_calls_leave_no_body_recor
     kafka_bootstrap, topic_factory, unique, sim
 ):
     """Calls wait in outboxes while the portal fails; the instance stops; the next one
-    restores them from their body records and sends each once. Afterwards no body record
-    is left: finished calls are deleted, and so is an orphan (a body whose tombstone an
-    aborted transaction lost) found at restore."""
+    restores them from their bodies (blocks of them, one per partition and commit) and
+    sends each once. Afterwards no body is left: finished calls' blocks are deleted, and
+    so are orphans found at restore (a block, or a body record as written before blocks,
+    whose tombstone an aborted transaction lost)."""
     topic = topic_factory(2)
     group = unique("g")
     retry = {"base_delay_s": 0.05, "max_delay_s": 0.1, "max_attempts": 10_000}
@@ -252,11 +255,20 @@ def test_waiting_calls_survive_a_handover_and_finished_calls_leave_no_body_recor
         )
         wait_until(lambda: any(r.error for r in sim.portal.call_records()), 30, "a failed send")
     waiting = _changelog(first, topic, 2)
-    bodies = [k for k, v in waiting.items() if v is not None and parse_body_key(k) is not None]
-    assert len(bodies) == len(sends), "every waiting call has its body record"
-    orphan = body_key(f"{PORTAL}|{CONNECTOR}|{LINE}|ghost", 999_999)
+    assert not [k for k in waiting if parse_body_key(k)], "no body record of its own per call"
+    blocks = [v for k, v in waiting.items() if v is not None and is_block_key(k)]
+    held = {(chat, offset) for value in blocks for chat, offset, _ in decode_block(value)}
+    assert len(held) == len(sends), "every waiting call's body is in a live block"
+    assert len(blocks) < len(sends) / 2, "bodies share blocks"
+    ghost = f"{PORTAL}|{CONNECTOR}|{LINE}|ghost"
+    orphan = body_key(ghost, 999_999)
+    orphan_block = block_key("ghost", 1)
     producer = Producer({"bootstrap.servers": kafka_bootstrap})
-    producer.produce(first.changelog_topic(topic), key=orphan, value=b"[]", partition=0)
+    changelog = first.changelog_topic(topic)
+    producer.produce(changelog, key=orphan, value=b"[]", partition=0)
+    producer.produce(
+        changelog, key=orphan_block, value=b'[["%b",7,[]]]' % ghost.encode(), partition=0
+    )
     assert producer.flush(30) == 0
 
     sim.portal.update_faults({"error_rate": 0.0})
@@ -272,8 +284,52 @@ def test_waiting_calls_survive_a_handover_and_finished_calls_leave_no_body_recor
         texts = [ident for _, ident in seen[f"hand-{chat}"]]
         assert texts == [f"hand-{chat}-m{seq}:text {seq}" for seq in (1, 2, 3)], chat
     done = _changelog(second, topic, 2)
-    left = [parse_body_key(k) for k, v in done.items() if v is not None and parse_body_key(k)]
-    assert left == [], f"body records of finished calls are still live: {left[:5]}"
-    assert done[orphan] is None, "the orphan body was deleted after the restore"
-    heads = {k: v for k, v in done.items() if parse_body_key(k) is None}
+    left = [k for k, v in done.items() if v is not None and (parse_body_key(k) or is_block_key(k))]
+    assert left == [], f"bodies of finished calls are still live: {left[:5]}"
+    assert done[orphan] is None, "the orphan body record was deleted after the restore"
+    assert done[orphan_block] is None, "the orphan block was deleted after the restore"
+    heads = {k: v for k, v in done.items() if not (parse_body_key(k) or is_block_key(k))}
     assert len(heads) == 20 and all(v is not None and b'"o"' not in v for v in heads.values())
+
+
+def test_a_few_long_waiting_calls_move_out_of_a_block_the_others_left(
+    kafka_bootstrap, topic_factory, unique, sim, monkeypatch
+):
+    """The calls of one commit share a block of bodies. When most of them are done and a
+    few wait (here sends fail while edits go through), the waiting ones are written into
+    a block of their own and the old block is deleted: an outage of one portal must not
+    keep the bodies of every call that shared a commit with its calls."""
+    monkeypatch.setattr(engine_module, "REHOME_AFTER_S", 0.0)
+    topic = topic_factory(1)
+    waiting = [f"wait-{n}" for n in range(5)]
+    events = [
+        chat_event(chat, 1, MessageSent(f"{chat}-m1", "hello"), user=ExternalUser(id="u"))
+        for chat in waiting
+    ] + [chat_event(f"edit-{n}", 1, MessageEdited(f"edit-{n}-m0", "changed")) for n in range(20)]
+    # Produced before the service starts: one poll, one commit, one block for all of them.
+    produce(kafka_bootstrap, topic, events, [ChatEventEncoder("single-object")])
+    sim.portal.update_faults({"error_rate": 1.0, "methods": [SEND]})
+    retry = {"base_delay_s": 0.05, "max_delay_s": 0.1, "max_attempts": 10_000}
+    settings = make_settings(kafka_bootstrap, topic, unique("g"), sim, retry=retry)
+
+    def bodies_in_live_blocks() -> set[str]:
+        latest = _changelog(settings, topic, 1)
+        return {
+            chat.rsplit("|", 1)[1]
+            for key, value in latest.items()
+            if value is not None and is_block_key(key)
+            for chat, _, _ in decode_block(value)
+        }
+
+    with (
+        EngineThread(settings),
+        OutcomeWatcher(kafka_bootstrap, f"{topic}.outcomes") as outcomes,
+    ):
+        edits = {e.event_id for e in events if isinstance(e.payload, MessageEdited)}
+        wait_until(lambda: outcomes.finished(edits), 60, "an outcome for every edit")
+        wait_until(
+            lambda: bodies_in_live_blocks() == set(waiting),
+            60,
+            "only the waiting sends' bodies left in live blocks",
+        )
+        assert not outcomes.finished({e.event_id for e in events[:5]}), "the sends still wait"

@@ -32,7 +32,11 @@ from consumer.state import (
     QUEUED,
     ChatState,
     MissingCallBody,
+    block_key,
     body_key,
+    decode_block,
+    encode_block,
+    is_block_key,
     parse_body_key,
 )
 
@@ -293,3 +297,37 @@ def test_a_missing_body_is_named_and_an_old_inline_record_still_reads():
 def test_body_keys_never_read_as_a_chats_key_and_back(chat):
     assert parse_body_key(chat.encode()) is None
     assert parse_body_key(body_key(chat, 1234)) == (chat, 1234)
+    assert not is_block_key(chat.encode()) and not is_block_key(body_key(chat, 1234))
+    assert is_block_key(block_key("3f2a9c", 7)) and parse_body_key(block_key("3f2a9c", 7)) is None
+
+
+def test_calls_of_several_chats_restore_from_one_block_and_from_old_body_records():
+    """A commit writes the new calls of a partition's chats into one block record; a chat
+    restores from its block entries as from body records of their own (older changelogs)."""
+    first, second = ChatState(session=True), ChatState(session=True)
+    for seq in (1, 2):
+        feed(first, ev(MessageSent(f"a{seq}", "x"), seq))
+    feed(second, ev(MessageEdited("b1", "y"), 1))
+    second.outbox[0].origin = ("t", 0, 77)  # calls of one partition have distinct offsets
+    items = [("p|c|1|a", call) for call in first.outbox] + [("p|c|1|b", second.outbox[0])]
+    block = decode_block(encode_block(items))
+    assert [(chat, offset) for chat, offset, _ in block] == [
+        (chat, call.offset) for chat, call in items
+    ]
+    bodies = {chat: {} for chat, _, _ in block}
+    for chat, offset, body in block:
+        bodies[chat][offset] = body
+    for chat, state in (("p|c|1|a", first), ("p|c|1|b", second)):
+        restored = ChatState.from_bytes(state.to_bytes(), bodies[chat])
+        assert restored.to_bytes() == state.to_bytes()
+        assert [c.element for c in restored.outbox] == [c.element for c in state.outbox]
+        assert [c.raw for c in restored.outbox] == [c.raw for c in state.outbox]
+    mixed = {
+        first.outbox[0].offset: first.outbox[0].body(),
+        **{
+            offset: body
+            for offset, body in bodies["p|c|1|a"].items()
+            if offset != first.outbox[0].offset
+        },
+    }
+    assert ChatState.from_bytes(first.to_bytes(), mixed).to_bytes() == first.to_bytes()
