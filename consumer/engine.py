@@ -91,6 +91,16 @@ class Held:
 
 
 @dataclass(slots=True)
+class Block:
+    """A block record of call bodies: how many of its calls are still waiting, how many it
+    was written with, and when (monotonic; the restore time for a restored one)."""
+
+    live: int
+    size: int
+    born: float
+
+
+@dataclass(slots=True)
 class PartitionWork:
     """Everything the engine keeps for one assigned source partition."""
 
@@ -114,13 +124,12 @@ class PartitionWork:
     rewind_until: float = 0.0
     # Call bodies in the changelog (see consumer.state): restored ones not yet attached to
     # their chat, the offsets written per chat, the block holding each (none for a body
-    # record of its own, as written before blocks), how many live calls each block still
-    # holds, and keys of body records and blocks no chat refers to.
+    # record of its own, as written before blocks), the live blocks, and keys of body
+    # records and blocks no chat refers to.
     bodies: dict[str, dict[int, bytes | list[Any]]] = field(default_factory=dict)
     stored: dict[str, set[int]] = field(default_factory=dict)
     block_of: dict[tuple[str, int], bytes] = field(default_factory=dict)
-    block_live: dict[bytes, int] = field(default_factory=dict)
-    block_size: dict[bytes, tuple[int, float]] = field(default_factory=dict)  # calls, born
+    blocks: dict[bytes, Block] = field(default_factory=dict)
     sparse: set[bytes] = field(default_factory=set)  # blocks to write again and delete
     orphans: set[bytes] = field(default_factory=set)
 
@@ -926,8 +935,7 @@ class Engine:
             )
             for chat, call in items:
                 work.block_of[(chat, call.offset)] = key
-            work.block_live[key] = len(items)
-            work.block_size[key] = (len(items), time.monotonic())
+            work.blocks[key] = Block(len(items), len(items), time.monotonic())
             start = end
 
     def _release(self, work: PartitionWork, changelog: str, chat: str, offset: int) -> None:
@@ -937,15 +945,13 @@ class Engine:
         if key is None:
             key = body_key(chat, offset)  # a body record of its own (before blocks)
         else:
-            left = work.block_live.get(key, 1) - 1
-            if left > 0:
-                work.block_live[key] = left
-                size, born = work.block_size.get(key, (left, 0.0))
-                if 4 * left <= size and time.monotonic() - born >= REHOME_AFTER_S:
+            block = work.blocks.get(key)
+            if block is not None and block.live > 1:
+                block.live -= 1
+                if 4 * block.live <= block.size and time.monotonic() - block.born >= REHOME_AFTER_S:
                     work.sparse.add(key)
                 return
-            work.block_live.pop(key, None)
-            work.block_size.pop(key, None)
+            work.blocks.pop(key, None)
             work.sparse.discard(key)
         self._produce(changelog, key, None, None, partition=work.partition, replay=False)
 
@@ -959,8 +965,7 @@ class Engine:
                 work.stored.get(chat, set()).discard(offset)
                 work.dirty.add(chat)
         for key in work.sparse:
-            work.block_live.pop(key, None)
-            work.block_size.pop(key, None)
+            work.blocks.pop(key, None)
         work.orphans.update(work.sparse)
         work.sparse.clear()
 
@@ -1048,14 +1053,14 @@ class Engine:
             for offset in left:
                 work.unreferenced(owner, offset)
         bodies.clear()
-        for key in work.block_of.values():
-            work.block_live[key] = work.block_live.get(key, 0) + 1
         restored_at = time.monotonic()
         for key, items in blocks.items():
-            if key in work.block_live:
-                work.block_size[key] = (len(items), restored_at)
-            else:
-                work.orphans.add(key)
+            work.blocks[key] = Block(0, len(items), restored_at)
+        for key in work.block_of.values():
+            work.blocks[key].live += 1
+        for key in [key for key, block in work.blocks.items() if not block.live]:
+            del work.blocks[key]
+            work.orphans.add(key)
         logger.info(
             "restored %d chat states of %s[%d] from %d records in %.2fs",
             len(states),
