@@ -18,7 +18,6 @@ from typing import Any
 from confluent_kafka import Producer
 
 from consumer import __version__
-from consumer.bitrix.oauth import MemoryTokenStore
 from consumer.codec import ChatEventEncoder, SchemaRegistryClient
 from consumer.engine import Engine
 from consumer.health import OpsServer
@@ -74,7 +73,7 @@ def run_demo(bootstrap: str, duration: float, chats: int, rate: float, http_port
         }
     )
     metrics = Metrics(version=__version__)
-    engine = build_engine(settings, metrics, token_store=MemoryTokenStore(), create_sources=True)
+    engine = build_engine(settings, metrics, memory_tokens=True, create_sources=True)
     ops = OpsServer(metrics, lambda: engine.ready, host="127.0.0.1", port=http_port).start()
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())

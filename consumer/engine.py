@@ -25,6 +25,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from consumer.codec import ChatEventDecoder, SchemaRegistryClient
 from consumer.dispatch import Batch, BatchDone, Dispatcher
+from consumer.dispatch_process import ProcessDispatcher
 from consumer.errors import PoisonRecord, RegistryUnavailable
 from consumer.events import ChatEvent
 from consumer.fold import (
@@ -176,7 +177,7 @@ class Engine:
         self,
         settings: Settings,
         metrics: Metrics,
-        dispatcher: Dispatcher,
+        dispatcher: Dispatcher | ProcessDispatcher,
         *,
         clock: Callable[[], float] = time.time,
         create_sources: bool = False,
@@ -286,7 +287,9 @@ class Engine:
         if assigned:
             self._consumer.pause(assigned)
         deadline = time.monotonic() + grace
-        while self.dispatcher.in_flight and time.monotonic() < deadline:
+        while (
+            self.dispatcher.in_flight and time.monotonic() < deadline and not self.dispatcher.lost
+        ):
             self.dispatcher.wait(0.05)
             self._apply_completions()
         self._commit()
@@ -1100,7 +1103,11 @@ class Engine:
         for work in works:
             work.revoking = True
         deadline = time.monotonic() + min(self.settings.shutdown_grace_s, 15.0)
-        while any(work.busy for work in works) and time.monotonic() < deadline:
+        while (
+            any(work.busy for work in works)
+            and time.monotonic() < deadline
+            and not self.dispatcher.lost
+        ):
             self.dispatcher.wait(0.05)
             self._apply_completions()
         for _ in range(3):  # the revoked partitions' states must reach the changelog

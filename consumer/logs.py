@@ -42,9 +42,14 @@ class TextFormatter(logging.Formatter):
         return redact(super().format(record))
 
 
+_installed: tuple[str, str] = ("text", "WARNING")  # what the last setup_logging put in place
+
+
 def setup_logging(fmt: str = "auto", level: str = "INFO") -> None:
     """Install the formatter on the root logger (`auto` = text on a TTY, else JSON)."""
+    global _installed
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
+    _installed = ("json" if use_json else "text", level)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if use_json else TextFormatter())
     root = logging.getLogger()
@@ -52,3 +57,8 @@ def setup_logging(fmt: str = "auto", level: str = "INFO") -> None:
     root.setLevel(level)
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpcore").setLevel(logging.WARNING)
+
+
+def logging_setup() -> tuple[str, str]:
+    """The format and level `setup_logging` installed, for a child process to use too."""
+    return _installed

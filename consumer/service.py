@@ -9,9 +9,11 @@ from types import FrameType
 
 from consumer import __version__
 from consumer.bitrix.client import BitrixClient
-from consumer.bitrix.oauth import TokenStore
+from consumer.bitrix.oauth import MemoryTokenStore, TokenStore
 from consumer.dispatch import Dispatcher
+from consumer.dispatch_process import ProcessDispatcher
 from consumer.engine import Engine
+from consumer.errors import DispatchLost
 from consumer.health import OpsServer
 from consumer.kafka_io import KafkaTokenStore
 from consumer.metrics import Metrics
@@ -25,10 +27,25 @@ def build_engine(
     metrics: Metrics,
     *,
     token_store: TokenStore | None = None,
+    memory_tokens: bool = False,
     create_sources: bool = False,
 ) -> Engine:
-    """An engine with its dispatcher and Bitrix24 client, not yet running."""
-    store = token_store if token_store is not None else KafkaTokenStore(settings)
+    """An engine with its dispatcher and Bitrix24 client, not yet running.
+
+    OAuth pairs live in the tokens topic, or in memory (`memory_tokens`: the demo, tests).
+    A `token_store` object cannot cross into a dispatch process: dispatch then runs in a
+    thread of this process.
+    """
+    if settings.engine.dispatch == "process" and token_store is None:
+        remote = ProcessDispatcher(settings, metrics, memory_tokens=memory_tokens)
+        return Engine(settings, metrics, remote, create_sources=create_sources)
+    store: TokenStore
+    if token_store is not None:
+        store = token_store
+    elif memory_tokens:
+        store = MemoryTokenStore()
+    else:
+        store = KafkaTokenStore(settings)
 
     def on_refresh(result: str) -> None:
         metrics.token_refreshes.labels(result=result).inc()
@@ -68,6 +85,9 @@ def run_service(settings: Settings) -> int:
     signal.signal(signal.SIGINT, on_signal)
     try:
         engine.run()
+    except DispatchLost as exc:
+        logger.critical("%s; exiting: calls in flight are resent from the changelog", exc)
+        return 1
     finally:
         ops.stop()
     return 0

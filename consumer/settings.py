@@ -131,6 +131,11 @@ class EngineSettings(BaseModel):
         description="send up to 50 chat.name.set calls as one REST `batch` request; a "
         "portal that refuses it gets one request per rename",
     )
+    dispatch: Literal["process", "thread"] = Field(
+        default="process",
+        description="where Bitrix24 requests run: a child process of their own (the poll "
+        "thread keeps the GIL to itself), or a thread of the service's process",
+    )
 
 
 class RetrySettings(BaseModel):

@@ -14,7 +14,7 @@ from typing import Any
 from confluent_kafka import Consumer, Producer, TopicPartition
 from prometheus_client import CollectorRegistry
 
-from consumer.bitrix.oauth import MemoryTokenStore, TokenStore
+from consumer.bitrix.oauth import TokenStore
 from consumer.codec import ChatEventEncoder
 from consumer.engine import Engine
 from consumer.events import ChatEvent, ExternalUser, Payload
@@ -147,7 +147,7 @@ class EngineThread:
     def __init__(self, settings: Settings, token_store: TokenStore | None = None) -> None:
         self.metrics = Metrics(CollectorRegistry())
         self.engine: Engine = build_engine(
-            settings, self.metrics, token_store=token_store or MemoryTokenStore()
+            settings, self.metrics, token_store=token_store, memory_tokens=token_store is None
         )
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)
