@@ -76,6 +76,7 @@ BLOCK_BYTES = 256 * 1024  # a block of call bodies is closed at this size (Kafka
 # one and goes: a few long-waiting calls (an outage of one portal) must not keep the
 # bodies of every call they shared a commit with.
 REHOME_AFTER_S = 60.0
+PRODUCE_CHUNK = 10_000  # records per produce_batch call
 _ACTIVITY = re.compile(rb'"a":(\d+)')
 
 
@@ -207,6 +208,11 @@ class Engine:
         self._outputs_since_commit = 0
         self._txn_outputs: list[tuple[str, bytes, bytes | None, Headers | None, int | None]] = []
         self._txn_chats: list[tuple[PartitionWork, str]] = []
+        # Records of the open transaction not yet handed to librdkafka, by topic/partition
+        # (None: the key decides), in the order they were made.
+        self._unsent: dict[tuple[str, int | None], list[dict[str, Any]]] = {}
+        self._queue_room = 100_000
+        self._chunk = PRODUCE_CHUNK
         self._last_tick = 0.0
         self._last_gauges = 0.0
         self._ready_queues: dict[tuple[str, str, int, str], deque[tuple[PartitionWork, str]]] = {}
@@ -239,7 +245,11 @@ class Engine:
         topics = Topics(settings)
         topics.wait_for_cluster()
         topics.ensure(create_sources=self._create_sources)
-        self._producer = Producer(producer_config(settings))
+        producer_conf = producer_config(settings)
+        self._producer = Producer(producer_conf)
+        # librdkafka's queue limit (100,000 unless configured): a batch goes in only whole.
+        self._queue_room = int(producer_conf.get("queue.buffering.max.messages", 100_000))
+        self._chunk = max(1, min(PRODUCE_CHUNK, self._queue_room // 2))
         self._producer.init_transactions(30)
         self._producer.begin_transaction()
         self._consumer = Consumer(consumer_config(settings, stats_cb=self.metrics.kafka.update))
@@ -555,9 +565,14 @@ class Engine:
         assert self._producer is not None
         if replay:  # kept until the transaction commits, to re-send if it is aborted
             self._txn_outputs.append((topic, key, value, headers, partition))
-        kwargs: dict[str, Any] = {"key": key, "value": value}
-        if headers:
-            kwargs["headers"] = headers
+        self._outputs_since_commit += 1
+        if not headers:  # handed to librdkafka at the commit, a list at a time
+            lane = self._unsent.get((topic, partition))
+            if lane is None:
+                lane = self._unsent[(topic, partition)] = []
+            lane.append({"key": key, "value": value})
+            return
+        kwargs: dict[str, Any] = {"key": key, "value": value, "headers": headers}
         if partition is not None:
             kwargs["partition"] = partition
         while True:
@@ -566,7 +581,26 @@ class Engine:
                 break
             except BufferError:
                 self._producer.poll(0.05)  # local queue full: let deliveries drain
-        self._outputs_since_commit += 1
+
+    def _send_unsent(self) -> None:
+        """Queue the records kept for this transaction in librdkafka: one `produce_batch`
+        per topic and partition costs a third of a `produce` per record. Room is made
+        first, so a full queue cannot fail a record in the middle and reorder its key."""
+        assert self._producer is not None
+        producer = self._producer
+        for (topic, partition), records in self._unsent.items():
+            for start in range(0, len(records), self._chunk):
+                chunk = records[start : start + self._chunk]
+                while len(producer) + len(chunk) > self._queue_room:
+                    producer.poll(0.05)  # let deliveries drain
+                if partition is None:
+                    queued = producer.produce_batch(topic, chunk)
+                else:
+                    queued = producer.produce_batch(topic, chunk, partition=partition)
+                if queued != len(chunk):
+                    error = next(r["_error"] for r in chunk if "_error" in r)
+                    raise KafkaException(error)
+        self._unsent.clear()
 
     # -- dispatch ------------------------------------------------------------------------
     def _make_ready(self, work: PartitionWork, chat: str, state: ChatState) -> None:
@@ -856,6 +890,7 @@ class Engine:
             work.tombstones.clear()
             work.orphans.clear()
         try:
+            self._send_unsent()
             if offsets:
                 self._producer.send_offsets_to_transaction(
                     offsets, self._consumer.consumer_group_metadata(), 30
@@ -974,6 +1009,7 @@ class Engine:
 
     def _replay_aborted(self) -> None:
         assert self._producer is not None
+        self._unsent.clear()  # part of the aborted transaction; made again below
         self._producer.abort_transaction(30)
         self._producer.begin_transaction()
         outputs, chats = self._txn_outputs, self._txn_chats
