@@ -4,10 +4,11 @@ In one process the HTTP stack (httpx, h11, asyncio: about 2 ms of Python per req
 a quarter of the GIL, and every hand-off between it and the poll thread can cost a switch
 interval. Here the unchanged `Dispatcher` runs its asyncio loop on the main thread of a
 child process, and `ProcessDispatcher` gives the engine the same surface over a socket pair.
-Frames are a 4-byte length and a pickle (the child runs this very code):
+Frames are a 4-byte length and JSON (the start message: a pickle, the child runs this very
+code); calls go as their changelog bodies, which hold the request element:
 
     engine -> child  ("start", settings, memory_tokens, log format, log level)
-                     ("submit", id, portal, connector, line, method, elements)
+                     ("submit", id, portal, connector, line, method, call bodies)
                      ("stop",)
     child -> engine  ("ready",) | ("failed", message)
                      ("done", id, results, relay)   results in the batch's call order
@@ -36,6 +37,8 @@ import subprocess
 import sys
 import time
 from typing import Any
+
+import orjson
 
 from consumer.dispatch import BATCH_LIMIT, Batch, BatchDone, CallResult, Dispatcher
 from consumer.errors import ConfigError, DispatchLost
@@ -68,15 +71,28 @@ _OPS = frozenset({"inc", "dec", "set", "observe"})
 Relay = tuple[list[tuple[str, tuple[tuple[str, str], ...], str, float]], Any]
 
 
-def _frame(message: tuple[Any, ...]) -> bytes:
-    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+def _frame(message: tuple[Any, ...] | list[Any]) -> bytes:
+    """JSON, except the start message (it carries the `Settings` object)."""
+    if message[0] == "start":
+        data = b"P" + pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    else:
+        data = b"J" + orjson.dumps(message)
     return _LENGTH.pack(len(data)) + data
 
 
-def _unframe(data: bytes | bytearray) -> tuple[Any, ...]:
+def _submit_frame(rid: int, batch: Batch) -> bytes:
+    """The calls go as their changelog bodies, already JSON (the element is field 4)."""
+    head = orjson.dumps(["submit", rid, batch.portal, batch.connector, batch.line, batch.method])
+    data = b"J" + head[:-1] + b",[" + b",".join(call.body() for _, call in batch.calls) + b"]]"
+    return _LENGTH.pack(len(data)) + data
+
+
+def _unframe(data: bytes | bytearray) -> list[Any]:
+    if data[:1] == b"J":
+        message: list[Any] = orjson.loads(memoryview(data)[1:])
+        return message
     # Only ever the other end of our own socket pair, running this module.
-    message: tuple[Any, ...] = pickle.loads(data)  # noqa: S301
-    return message
+    return list(pickle.loads(memoryview(data)[1:]))  # noqa: S301
 
 
 class ProcessDispatcher:
@@ -146,17 +162,7 @@ class ProcessDispatcher:
         self._next_id += 1
         self._batches[self._next_id] = batch
         self._metrics.calls_in_flight.inc(len(batch.calls))
-        self._send(
-            (
-                "submit",
-                self._next_id,
-                batch.portal,
-                batch.connector,
-                batch.line,
-                batch.method,
-                [call.element for _, call in batch.calls],
-            )
-        )
+        self._send_frame(_submit_frame(self._next_id, batch))
 
     def drain(self) -> list[BatchDone]:
         """Every finished batch since the last call (non-blocking)."""
@@ -209,8 +215,11 @@ class ProcessDispatcher:
 
     # -- the socket ----------------------------------------------------------------------
     def _send(self, message: tuple[Any, ...]) -> None:
+        self._send_frame(_frame(message))
+
+    def _send_frame(self, frame: bytes) -> None:
         assert self._sock is not None
-        view = memoryview(_frame(message))
+        view = memoryview(frame)
         deadline = time.monotonic() + _SEND_TIMEOUT_S
         while view:
             try:
@@ -225,7 +234,7 @@ class ProcessDispatcher:
                 self._give_up(f"is gone ({exc})")
             view = view[sent:]
 
-    def _receive(self, timeout: float) -> list[tuple[Any, ...]]:
+    def _receive(self, timeout: float) -> list[list[Any]]:
         """Complete frames that arrived (waiting up to `timeout` for the first bytes)."""
         sock = self._sock
         if sock is None or self._lost is not None:
@@ -242,7 +251,7 @@ class ProcessDispatcher:
             if not chunk:
                 self._give_up("closed its end")
             self._buffer += chunk
-        messages: list[tuple[Any, ...]] = []
+        messages: list[list[Any]] = []
         buffer = self._buffer
         start = 0
         while len(buffer) - start >= 4:
@@ -263,7 +272,7 @@ class ProcessDispatcher:
         self._lost = f"the dispatch process {why} (exit status {code})"
         raise DispatchLost(self._lost)
 
-    def _handle(self, messages: list[tuple[Any, ...]]) -> list[BatchDone]:
+    def _handle(self, messages: list[list[Any]]) -> list[BatchDone]:
         out: list[BatchDone] = []
         for message in messages:
             kind = message[0]
@@ -295,7 +304,8 @@ class ProcessDispatcher:
                 metric = metric.labels(**dict(labels))
             getattr(metric, op)(value)
         if status is not None:
-            self._gated, self._refused, self._breakers = status
+            gated, refused, self._breakers = status
+            self._gated, self._refused = frozenset(gated), frozenset(refused)
 
 
 # -- the child ---------------------------------------------------------------------------
@@ -380,8 +390,8 @@ class _ChildDispatcher(Dispatcher):
     def relay_state(self) -> Relay:
         """Metric operations since the last frame, and the portal status if it changed."""
         status = (
-            frozenset(p for p, n in self._gated.items() if n),
-            frozenset(self._batch_refused),
+            sorted(p for p, n in self._gated.items() if n),
+            sorted(self._batch_refused),
             self.breaker_states(),
         )
         changed = status != self._status
@@ -408,7 +418,7 @@ def _die_with_parent(parent: int) -> None:
 async def _serve(sock: socket.socket) -> None:
     reader, writer = await asyncio.open_unix_connection(sock=sock)
 
-    async def read() -> tuple[Any, ...] | None:
+    async def read() -> list[Any] | None:
         try:
             head = await reader.readexactly(4)
             return _unframe(await reader.readexactly(_LENGTH.unpack(head)[0]))
@@ -435,10 +445,10 @@ async def _serve(sock: socket.socket) -> None:
         message = await read()
         if message is None or message[0] == "stop":
             break
-        _, rid, portal, connector, line, method, elements = message
+        _, rid, portal, connector, line, method, bodies = message
         calls = [
-            (str(index), PendingCall("", None, "", method, element, 0, ("", 0, index)))
-            for index, element in enumerate(elements)
+            (str(index), PendingCall("", None, "", method, body[4], 0, ("", 0, index)))
+            for index, body in enumerate(bodies)
         ]
         dispatcher.submit_local(rid, Batch(portal, connector, line, method, calls))
     relaying.cancel()
