@@ -141,6 +141,7 @@ class ProcessDispatcher:
             theirs.close()
         ours.setblocking(False)
         self._sock = ours
+        self._metrics.dispatch_pid = self._proc.pid
         self._send(("start", self._settings, self._memory_tokens, *logging_setup()))
         deadline = time.monotonic() + _START_TIMEOUT_S
         while True:
@@ -198,6 +199,7 @@ class ProcessDispatcher:
         if sock is not None:
             sock.close()
         self._sock = None
+        self._metrics.dispatch_pid = None
 
     def portal_has_capacity(self, portal: str) -> bool:
         """False while a batch for `portal` waits on its limits (as the child last said)."""

@@ -8,8 +8,9 @@ partition, portal); never chat ids, event ids or error strings. Dashboards
 from __future__ import annotations
 
 import json
+import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from threading import Lock
 from typing import Any
 
@@ -176,6 +177,8 @@ class Metrics:
         self.kafka = LibrdkafkaStats()
         r.register(self.kafka)
         ProcessCollector(registry=r)
+        self.dispatch_pid: int | None = None  # set while a dispatch process runs
+        r.register(DispatchProcessCollector(lambda: self.dispatch_pid))
         PlatformCollector(registry=r)
         GCCollector(registry=r)
         # Known label values start at 0 so increase() sees the first failure too.
@@ -195,6 +198,36 @@ class Metrics:
             self.token_refreshes.labels(result=result)
         for result in ("committed", "aborted"):
             self.transactions.labels(result=result)
+
+
+class DispatchProcessCollector(Collector):
+    """CPU and resident memory of the dispatch process (`consumer.dispatch_process`), read
+    from /proc at each scrape; nothing while none runs (dispatch in a thread)."""
+
+    def __init__(self, pid: Callable[[], int | None]) -> None:
+        self._pid = pid
+        self._ticks = os.sysconf("SC_CLK_TCK")
+        self._page = os.sysconf("SC_PAGESIZE")
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        pid = self._pid()
+        if pid is None:
+            return
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as stat:
+                fields = stat.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            return
+        yield CounterMetricFamily(
+            f"{PREFIX}_dispatch_process_cpu_seconds",
+            "User and system CPU seconds of the dispatch process.",
+            value=(int(fields[11]) + int(fields[12])) / self._ticks,
+        )
+        yield GaugeMetricFamily(
+            f"{PREFIX}_dispatch_process_resident_memory_bytes",
+            "Resident memory of the dispatch process.",
+            value=int(fields[21]) * self._page,
+        )
 
 
 class LibrdkafkaStats(Collector):

@@ -99,6 +99,13 @@ def cpu_seconds(pid: int) -> float:
     return own + sum(cpu_seconds(child) for child in children)
 
 
+def stolen_seconds() -> float:
+    """CPU seconds the hypervisor gave to other guests (all CPUs), from /proc/stat: a run
+    with much steal is slower for reasons outside the code."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    return int(fields[8]) / os.sysconf("SC_CLK_TCK") if len(fields) > 8 else 0.0
+
+
 def rss_bytes() -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -603,8 +610,10 @@ class Bench:
             ready_at = engine.wait_ready()
             startup = ready_at - engine.spawned_at
             cpu0 = (cpu_seconds(engine.proc.pid), cpu_seconds(self.sim.proc.pid))
+            steal0 = stolen_seconds()
             done, done_at = engine.wait_outcomes(records, ready_at + timeout)
             cpu1 = (cpu_seconds(engine.proc.pid), cpu_seconds(self.sim.proc.pid))
+            steal1 = stolen_seconds()
             samples = engine.samples()
         finally:
             engine.stop()
@@ -623,13 +632,14 @@ class Bench:
             "calls": call_summary(calls),
             "cpu_engine": (cpu1[0] - cpu0[0]) / elapsed if elapsed > 0 else 0.0,
             "cpu_sim": (cpu1[1] - cpu0[1]) / elapsed if elapsed > 0 else 0.0,
+            "steal": (steal1 - steal0) / elapsed if elapsed > 0 else 0.0,
             "log_problems": problems,
             "internals": internals(samples),
         }
         log(
             f"{label}: {int(done)}/{records} records in {elapsed:.1f}s = {result['eps']:,.0f}/s"
             f" (start-up {startup:.1f}s, service CPU {result['cpu_engine']:.2f} cores, "
-            f"simulator {result['cpu_sim']:.2f})"
+            f"simulator {result['cpu_sim']:.2f}, stolen by the hypervisor {result['steal']:.2f})"
         )
         return result
 
@@ -671,6 +681,7 @@ class Bench:
             start_done, start_revokes = totals()
             started = time.monotonic()
             cpu0 = sum(cpu_seconds(e.proc.pid) for e in engines), cpu_seconds(self.sim.proc.pid)
+            steal0 = stolen_seconds()
             while True:
                 done, revokes = totals()
                 now = time.monotonic()
@@ -678,6 +689,7 @@ class Bench:
                     break
                 time.sleep(0.25)
             cpu1 = sum(cpu_seconds(e.proc.pid) for e in engines), cpu_seconds(self.sim.proc.pid)
+            steal1 = stolen_seconds()
         finally:
             for engine in engines:
                 engine.stop()
@@ -695,11 +707,13 @@ class Bench:
             "calls": call_summary(self.sim.calls()),
             "cpu_engine": (cpu1[0] - cpu0[0]) / elapsed if elapsed > 0 else 0.0,
             "cpu_sim": (cpu1[1] - cpu0[1]) / elapsed if elapsed > 0 else 0.0,
+            "steal": (steal1 - steal0) / elapsed if elapsed > 0 else 0.0,
         }
         log(
             f"{label}: {int(measured)} records in {elapsed:.1f}s after all {replicas} were "
             f"ready = {result['eps']:,.0f}/s (service CPU {result['cpu_engine']:.2f} cores, "
-            f"simulator {result['cpu_sim']:.2f}{', REBALANCED' if result['rebalanced'] else ''})"
+            f"simulator {result['cpu_sim']:.2f}, stolen by the hypervisor {result['steal']:.2f}"
+            f"{', REBALANCED' if result['rebalanced'] else ''})"
         )
         return result
 
@@ -1120,7 +1134,8 @@ def build_details(bench: Bench, workload: Workload) -> str:
             inside = res["internals"]
             line += (
                 f"; outcomes {res['outcomes']}; start-up {res['startup_s']:.1f} s; CPU "
-                f"service {res['cpu_engine']:.2f} / simulator {res['cpu_sim']:.2f} cores; "
+                f"service {res['cpu_engine']:.2f} / simulator {res['cpu_sim']:.2f} cores, "
+                f"{res.get('steal', 0.0):.2f} stolen by the hypervisor; "
                 f"{inside['transactions']:,.0f} transactions of {inside['transaction_ms']:.1f} ms"
                 f" mean; requests take {inside['request_ms']:.1f} ms mean as the service sees "
                 f"them; {inside['batch_mean']:.1f} elements per request"

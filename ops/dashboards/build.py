@@ -478,18 +478,32 @@ def rows() -> list[Row]:
             [
                 timeseries(
                     "CPU",
-                    "CPU seconds per second used by each process.",
+                    "CPU seconds per second used by each replica's service process and by its "
+                    "dispatch process (the Bitrix24 requests).",
                     Target(
                         f"sum by (pod) (rate(process_cpu_seconds_total{{{SEL}}}[{RATE}]))",
-                        "{{pod}}",
+                        "{{pod}} service",
+                    ),
+                    Target(
+                        "sum by (pod) "
+                        f"(rate(imconnector_dispatch_process_cpu_seconds_total{{{SEL}}}[{RATE}]))",
+                        "{{pod}} dispatch",
                     ),
                     unit="percentunit",
                     width=8,
                 ),
                 timeseries(
                     "Resident memory",
-                    "Resident set size of each process (compare with the memory limit).",
-                    Target(f"sum by (pod) (process_resident_memory_bytes{{{SEL}}})", "{{pod}}"),
+                    "Resident set size of each replica's two processes (their sum counts "
+                    "against the pod's memory limit).",
+                    Target(
+                        f"sum by (pod) (process_resident_memory_bytes{{{SEL}}})", "{{pod}} service"
+                    ),
+                    Target(
+                        "sum by (pod) "
+                        f"(imconnector_dispatch_process_resident_memory_bytes{{{SEL}}})",
+                        "{{pod}} dispatch",
+                    ),
                     unit="bytes",
                     width=8,
                 ),

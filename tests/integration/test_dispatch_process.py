@@ -91,9 +91,16 @@ def test_both_dispatch_modes_apply_every_call_once_in_order_and_count_the_reques
             for method in requests
         }
         in_flight = registry.get_sample_value("imconnector_calls_in_flight")
+        dispatch_rss = registry.get_sample_value(
+            "imconnector_dispatch_process_resident_memory_bytes"
+        )
     if pid is not None:
         assert pid != os.getpid()
         wait_until(lambda: _dead(pid), 30, "the dispatch process to exit with the engine")
+        # Its memory and CPU are exported next to the service's own process metrics.
+        assert dispatch_rss is not None and dispatch_rss > 10_000_000
+    else:
+        assert dispatch_rss is None
     seen = applied_call_list(sim)
     for script in scripts:
         assert seen[script[0].chat_id] == expected_calls(script), script[0].chat_id
