@@ -310,8 +310,12 @@ class Engine:
         assert self._consumer is not None and self._producer is not None
         now = time.monotonic()
         self.metrics.poll_heartbeat.set(self.clock())
-        timeout = 0.005 if self.dispatcher.in_flight else 0.1
-        messages = self._consumer.consume(num_messages=2000, timeout=timeout)
+        # consume() waits out its whole timeout unless the batch fills up, so take what
+        # is there, and wait (only until the first record) when nothing is.
+        messages = self._consumer.consume(num_messages=2000, timeout=0)
+        if not messages:
+            timeout = 0.005 if self.dispatcher.in_flight else 0.1
+            messages = self._consumer.consume(num_messages=1, timeout=timeout)
         for msg in messages:
             error = msg.error()
             if error is not None:
