@@ -56,6 +56,7 @@ BASE_MS = 1_760_000_000_000  # event times start here: the workload is the same 
 
 # Targets (2-core machine).
 TARGET_EPS = 5_000
+QUIET_RATE = 20.0  # events/s of the low-rate latency run: most portals, most of the day
 AIM_EPS = 20_000
 TARGET_SPEEDUP = 20.0
 TARGET_BURST = 1.1
@@ -745,16 +746,18 @@ class Bench:
             "statuses": dict(result.statuses),
         }
 
-    def engine_latency(self, rate: float, seconds: float) -> dict[str, Any]:
+    def engine_latency(
+        self, rate: float, seconds: float, tag: str = "latency-engine"
+    ) -> dict[str, Any]:
         """Records produced at a steady `rate` while the service runs; latency per event."""
         self.sim.reset(0.0)
         count = max(50, int(rate * seconds))
         workload = make_workload(
             count, min(self.args.chats, max(1, count // 4)), self.args.seed + 1, "lat"
         )
-        topic = self.name("latency-engine")
+        topic = self.name(tag)
         create_topics(self.admin, [topic])
-        engine = self.engine(topic, self.name("latency-engine"))
+        engine = self.engine(topic, self.name(tag))
         try:
             engine.wait_ready()
             stamps = paced_produce(self.args.bootstrap, topic, workload.records, rate)
@@ -763,18 +766,20 @@ class Bench:
             engine.stop()
         return self._latency_result("service", workload, stamps, rate, int(done))
 
-    def naive_latency(self, rate: float, seconds: float) -> dict[str, Any]:
+    def naive_latency(
+        self, rate: float, seconds: float, tag: str = "latency-naive"
+    ) -> dict[str, Any]:
         self.sim.reset(0.0)
         count = max(20, int(rate * seconds))
         workload = make_workload(
             count, min(self.args.chats, max(1, count // 4)), self.args.seed + 1, "lat"
         )
-        topic = self.name("latency-naive")
+        topic = self.name(tag)
         create_topics(self.admin, [topic])
         naive = NaiveConsumer(
             self.args.bootstrap,
             topic,
-            self.name("latency-naive"),
+            self.name(tag),
             self.sim.rest_url,
             self.sim.tokens["access_token"],
         )
@@ -1080,6 +1085,17 @@ def build_table(bench: Bench) -> str:
                 "-",
             ]
         )
+    quiet_e, quiet_n = r.get("latency_quiet_engine"), r.get("latency_quiet_naive")
+    if quiet_e or quiet_n:
+        rows.append(
+            [
+                f"latency p50 / p99 at {QUIET_RATE:.0f} events/s (a quiet portal)",
+                "-",
+                f"{lat(quiet_e, 'p50')} / {lat(quiet_e, 'p99')}",
+                f"{lat(quiet_n, 'p50')} / {lat(quiet_n, 'p99')}",
+                "-",
+            ]
+        )
     if rest:
         rows.append(
             [
@@ -1141,7 +1157,12 @@ def build_details(bench: Bench, workload: Workload) -> str:
                 f"them; {inside['batch_mean']:.1f} elements per request"
             )
         lines.append(line)
-    for key, label in (("latency_engine", "service"), ("latency_naive", "naive")):
+    for key, label in (
+        ("latency_engine", "service"),
+        ("latency_naive", "naive"),
+        ("latency_quiet_engine", "service, quiet"),
+        ("latency_quiet_naive", "naive, quiet"),
+    ):
         res = r.get(key)
         if res:
             extra = f", max {res['max'] * 1000:,.0f} ms" if "max" in res else ""
@@ -1338,6 +1359,18 @@ def main(argv: list[str] | None = None) -> int:
                     "latency_naive",
                     lambda: bench.naive_latency(
                         0.5 * bench.results["naive_0"]["eps"], args.latency_seconds
+                    ),
+                ),
+                (
+                    "latency_quiet_engine",
+                    lambda: bench.engine_latency(
+                        QUIET_RATE, args.latency_seconds, "latency-quiet-engine"
+                    ),
+                ),
+                (
+                    "latency_quiet_naive",
+                    lambda: bench.naive_latency(
+                        QUIET_RATE, args.latency_seconds, "latency-quiet-naive"
                     ),
                 ),
             ]
