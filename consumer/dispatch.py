@@ -17,11 +17,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 from consumer.bitrix.classify import batch_results, element_result_data, element_results
 from consumer.bitrix.client import BitrixClient
 from consumer.bitrix.limits import CircuitBreaker, OperatingBudget, PortalRateLimiter
+from consumer.bitrix.oauth import TokenStore
 from consumer.errors import (
     AmbiguousError,
     BitrixError,
@@ -33,7 +34,7 @@ from consumer.errors import (
 )
 from consumer.mapping import BATCHABLE, RENAME, SEND
 from consumer.metrics import Metrics
-from consumer.settings import RetrySettings
+from consumer.settings import RetrySettings, Settings
 from consumer.state import PendingCall
 
 logger = logging.getLogger(__name__)
@@ -128,6 +129,25 @@ class Dispatcher:
         self._wake = threading.Event()
         self._batch_renames = batch_renames
         self._batch_refused: set[str] = set()  # portals that refused `batch` for renames
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, metrics: Metrics, store: TokenStore, **extra: Any
+    ) -> Self:
+        """The dispatcher `settings` describe, its client keeping OAuth pairs in `store`."""
+
+        def on_refresh(result: str) -> None:
+            metrics.token_refreshes.labels(result=result).inc()
+
+        return cls(
+            lambda: BitrixClient(settings.portals, settings.http, store, on_refresh=on_refresh),
+            settings.retry,
+            metrics,
+            max_in_flight=settings.engine.max_in_flight_requests,
+            unknown_outcome_policy=settings.engine.unknown_outcome_policy,
+            batch_renames=settings.engine.batch_renames,
+            **extra,
+        )
 
     # -- engine side (any thread) ------------------------------------------------------
     def start(self) -> None:

@@ -357,8 +357,10 @@ class _RelayedMetric:
 class _ChildDispatcher(Dispatcher):
     """The dispatcher on the child's main thread, answering over the socket."""
 
-    def __init__(self, writer: asyncio.StreamWriter, relay: MetricsRelay, **kwargs: Any):
-        super().__init__(metrics=relay, **kwargs)  # type: ignore[arg-type]
+    def __init__(
+        self, *args: Any, writer: asyncio.StreamWriter, relay: MetricsRelay, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
         self._loop.close()  # the loop of its own it made: here it runs on the caller's
         self._loop = asyncio.get_running_loop()
         self._writer = writer
@@ -463,30 +465,15 @@ async def _serve(sock: socket.socket) -> None:
 def _child_dispatcher(
     settings: Settings, memory_tokens: bool, relay: MetricsRelay, writer: asyncio.StreamWriter
 ) -> _ChildDispatcher:
-    from consumer.bitrix.client import BitrixClient
-    from consumer.bitrix.oauth import MemoryTokenStore, TokenStore
+    from consumer.kafka_io import token_store_for
 
-    store: TokenStore
-    if memory_tokens:
-        store = MemoryTokenStore()
-    else:
-        from consumer.kafka_io import KafkaTokenStore
-
-        store = KafkaTokenStore(settings)
-
-    def on_refresh(result: str) -> None:
-        relay.token_refreshes.labels(result=result).inc()
-
-    return _ChildDispatcher(
-        writer,
-        relay,
-        client_factory=lambda: BitrixClient(
-            settings.portals, settings.http, store, on_refresh=on_refresh
-        ),
-        retry=settings.retry,
-        max_in_flight=settings.engine.max_in_flight_requests,
-        unknown_outcome_policy=settings.engine.unknown_outcome_policy,
-        batch_renames=settings.engine.batch_renames,
+    store = token_store_for(settings, in_memory=memory_tokens)
+    return _ChildDispatcher.from_settings(
+        settings,
+        relay,  # type: ignore[arg-type]
+        store,
+        writer=writer,
+        relay=relay,
     )
 
 

@@ -23,7 +23,7 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from consumer import __version__
-from consumer.bitrix.oauth import TokenSet
+from consumer.bitrix.oauth import MemoryTokenStore, TokenSet, TokenStore
 from consumer.errors import ConfigError
 from consumer.redact import redact
 from consumer.settings import Settings
@@ -367,3 +367,9 @@ def outcome_record(chat: str, call: PendingCall, outcome: str, **fields: Any) ->
         if value is not None:
             doc[name] = redact(value) if isinstance(value, str) else value
     return orjson.dumps(doc)
+
+
+def token_store_for(settings: Settings, *, in_memory: bool = False) -> TokenStore:
+    """Where the Bitrix24 client keeps OAuth pairs: the tokens topic, shared by every
+    replica, or this process's memory (the demo, tests)."""
+    return MemoryTokenStore() if in_memory else KafkaTokenStore(settings)

@@ -8,14 +8,13 @@ import threading
 from types import FrameType
 
 from consumer import __version__
-from consumer.bitrix.client import BitrixClient
-from consumer.bitrix.oauth import MemoryTokenStore, TokenStore
+from consumer.bitrix.oauth import TokenStore
 from consumer.dispatch import Dispatcher
 from consumer.dispatch_process import ProcessDispatcher
 from consumer.engine import Engine
 from consumer.errors import DispatchLost
 from consumer.health import OpsServer
-from consumer.kafka_io import KafkaTokenStore
+from consumer.kafka_io import token_store_for
 from consumer.metrics import Metrics
 from consumer.settings import Settings
 
@@ -39,28 +38,12 @@ def build_engine(
     if settings.engine.dispatch == "process" and token_store is None:
         remote = ProcessDispatcher(settings, metrics, memory_tokens=memory_tokens)
         return Engine(settings, metrics, remote, create_sources=create_sources)
-    store: TokenStore
-    if token_store is not None:
-        store = token_store
-    elif memory_tokens:
-        store = MemoryTokenStore()
-    else:
-        store = KafkaTokenStore(settings)
-
-    def on_refresh(result: str) -> None:
-        metrics.token_refreshes.labels(result=result).inc()
-
-    def client_factory() -> BitrixClient:
-        return BitrixClient(settings.portals, settings.http, store, on_refresh=on_refresh)
-
-    dispatcher = Dispatcher(
-        client_factory,
-        settings.retry,
-        metrics,
-        max_in_flight=settings.engine.max_in_flight_requests,
-        unknown_outcome_policy=settings.engine.unknown_outcome_policy,
-        batch_renames=settings.engine.batch_renames,
+    store = (
+        token_store
+        if token_store is not None
+        else token_store_for(settings, in_memory=memory_tokens)
     )
+    dispatcher = Dispatcher.from_settings(settings, metrics, store)
     return Engine(settings, metrics, dispatcher, create_sources=create_sources)
 
 

@@ -8,7 +8,8 @@ import threading
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from confluent_kafka import Consumer, Producer, TopicPartition
@@ -24,7 +25,7 @@ from consumer.metrics import Metrics
 from consumer.ordering import Lane
 from consumer.service import build_engine
 from consumer.settings import Settings
-from consumer.simulator import SimulatorServer
+from consumer.simulator import SimulatorConfig, SimulatorServer
 from consumer.workload import chat_script, interleave
 
 CONNECTOR = "test_connector"
@@ -107,6 +108,16 @@ def portal_settings(
         "rate_burst": 1000,
         **extra,
     }
+
+
+@contextmanager
+def line_simulator(**config: Any) -> Iterator[SimulatorServer]:
+    """A started simulator with the tests' connector line open and rate limits off."""
+    with SimulatorServer(
+        SimulatorConfig(preset_lines=[(CONNECTOR, LINE)], rate_limit_enabled=False, **config)
+    ) as server:
+        server.start()
+        yield server
 
 
 def make_settings(

@@ -15,16 +15,14 @@ import pytest
 
 from consumer.codec import ChatEventEncoder
 from consumer.errors import DispatchLost
-from consumer.simulator import SimulatorConfig, SimulatorServer
 from tests.integration.harness import (
-    CONNECTOR,
-    LINE,
     PORTAL,
     EngineThread,
     applied_call_list,
     check_calls,
     expected_calls,
     final_outcomes,
+    line_simulator,
     make_settings,
     portal_settings,
     produce,
@@ -37,10 +35,7 @@ pytestmark = pytest.mark.kafka
 
 @pytest.fixture
 def sim():
-    with SimulatorServer(
-        SimulatorConfig(preset_lines=[(CONNECTOR, LINE)], rate_limit_enabled=False, latency_ms=15)
-    ) as server:
-        server.start()
+    with line_simulator(latency_ms=15) as server:
         yield server
 
 

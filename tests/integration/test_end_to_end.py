@@ -25,7 +25,6 @@ from consumer.events import (
     ReadConfirmed,
 )
 from consumer.mapping import BATCHABLE, SEND
-from consumer.simulator import SimulatorConfig, SimulatorServer
 from tests.integration.harness import (
     CONNECTOR,
     LINE,
@@ -35,6 +34,7 @@ from tests.integration.harness import (
     applied_call_list,
     chat_event,
     expected_calls,
+    line_simulator,
     make_settings,
     produce,
     produce_raw,
@@ -48,10 +48,7 @@ pytestmark = pytest.mark.kafka
 
 @pytest.fixture
 def sim():
-    with SimulatorServer(
-        SimulatorConfig(preset_lines=[(CONNECTOR, LINE)], rate_limit_enabled=False)
-    ) as server:
-        server.start()
+    with line_simulator() as server:
         yield server
 
 

@@ -27,7 +27,6 @@ from consumer.events import ChatEvent, ChatRenamed, ExternalUser, MessageEdited,
 from consumer.kafka_io import read_partition_to_end, restore_reader
 from consumer.mapping import SEND
 from consumer.settings import Settings
-from consumer.simulator import SimulatorConfig, SimulatorServer
 from consumer.state import block_key, body_key, decode_block, is_block_key, parse_body_key
 from tests.integration.harness import (
     CONNECTOR,
@@ -39,6 +38,7 @@ from tests.integration.harness import (
     chat_event,
     check_calls,
     final_outcomes,
+    line_simulator,
     make_settings,
     portal_settings,
     produce,
@@ -51,10 +51,7 @@ pytestmark = pytest.mark.kafka
 
 @pytest.fixture
 def sim():
-    with SimulatorServer(
-        SimulatorConfig(preset_lines=[(CONNECTOR, LINE)], rate_limit_enabled=False, latency_ms=15)
-    ) as server:
-        server.start()
+    with line_simulator(latency_ms=15) as server:
         yield server
 
 
