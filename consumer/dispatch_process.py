@@ -111,6 +111,7 @@ class ProcessDispatcher:
         self._refused: frozenset[str] = frozenset()
         self._breakers: dict[str, int] = {}
         self._lost: str | None = None
+        self._early: list[list[Any]] = []  # what came in the same read as "ready"
 
     @property
     def pid(self) -> int | None:
@@ -145,9 +146,11 @@ class ProcessDispatcher:
         self._send(("start", self._settings, self._memory_tokens, *logging_setup()))
         deadline = time.monotonic() + _START_TIMEOUT_S
         while True:
-            for message in self._receive(max(0.0, deadline - time.monotonic())):
+            messages = self._receive(max(0.0, deadline - time.monotonic()))
+            for index, message in enumerate(messages):
                 if message[0] == "ready":
                     logger.info("dispatch process %d ready", self._proc.pid)
+                    self._early = messages[index + 1 :]  # for the first drain()
                     return
                 if message[0] == "failed":
                     self.stop()
@@ -167,6 +170,9 @@ class ProcessDispatcher:
 
     def drain(self) -> list[BatchDone]:
         """Every finished batch since the last call (non-blocking)."""
+        if self._early:
+            early, self._early = self._early, []
+            return self._handle(early + self._receive(0.0))
         return self._handle(self._receive(0.0))
 
     def wait(self, timeout: float) -> bool:
