@@ -245,29 +245,32 @@ class Engine:
         topics = Topics(settings)
         topics.wait_for_cluster()
         topics.ensure(create_sources=self._create_sources)
-        producer_conf = producer_config(settings)
-        self._producer = Producer(producer_conf)
-        # librdkafka's queue limit (100,000 unless configured): a batch goes in only whole.
-        self._queue_room = int(producer_conf.get("queue.buffering.max.messages", 100_000))
-        self._chunk = max(1, min(PRODUCE_CHUNK, self._queue_room // 2))
-        self._producer.init_transactions(30)
-        self._producer.begin_transaction()
-        self._consumer = Consumer(consumer_config(settings, stats_cb=self.metrics.kafka.update))
-        self._consumer.subscribe(
-            settings.source_topics,
-            on_assign=self._on_assign,
-            on_revoke=self._on_revoke,
-            on_lost=self._on_lost,
-        )
+        # Before the group is joined: a dispatcher that cannot start leaves nothing to undo
+        # but itself, and from here on every way out goes through _close (a consumer left
+        # unclosed blocks the interpreter's exit in librdkafka's destroy).
         self.dispatcher.start()
-        self.started.set()
-        logger.info(
-            "consuming %s as group %s (instance %s)",
-            ",".join(settings.source_topics),
-            settings.group_id,
-            settings.instance_id,
-        )
         try:
+            producer_conf = producer_config(settings)
+            self._producer = Producer(producer_conf)
+            # librdkafka's queue limit (100,000 unless configured): a batch goes in whole.
+            self._queue_room = int(producer_conf.get("queue.buffering.max.messages", 100_000))
+            self._chunk = max(1, min(PRODUCE_CHUNK, self._queue_room // 2))
+            self._producer.init_transactions(30)
+            self._producer.begin_transaction()
+            self._consumer = Consumer(consumer_config(settings, stats_cb=self.metrics.kafka.update))
+            self._consumer.subscribe(
+                settings.source_topics,
+                on_assign=self._on_assign,
+                on_revoke=self._on_revoke,
+                on_lost=self._on_lost,
+            )
+            self.started.set()
+            logger.info(
+                "consuming %s as group %s (instance %s)",
+                ",".join(settings.source_topics),
+                settings.group_id,
+                settings.instance_id,
+            )
             while not self._stop.is_set():
                 self._iteration()
             self._drain(settings.shutdown_grace_s)
