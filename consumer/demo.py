@@ -10,6 +10,7 @@ import json
 import logging
 import random
 import signal
+import sys
 import threading
 import time
 from collections import Counter
@@ -86,7 +87,16 @@ def run_demo(bootstrap: str, duration: float, chats: int, rate: float, http_port
     )
     print(f"  registry       {sim.url}/registry")
     print(f"  metrics        http://127.0.0.1:{ops.port}/metrics  (/healthz, /readyz)")
-    engine_thread = threading.Thread(target=engine.run, name="engine", daemon=True)
+    failure: list[BaseException] = []
+
+    def run_engine() -> None:
+        try:
+            engine.run()
+        except Exception as exc:  # noqa: BLE001 - shown at the end; the demo stops at once
+            failure.append(exc)
+            stop.set()
+
+    engine_thread = threading.Thread(target=run_engine, name="engine", daemon=True)
     engine_thread.start()
     produced: Counter[str] = Counter()
     producer_thread = threading.Thread(
@@ -95,7 +105,9 @@ def run_demo(bootstrap: str, duration: float, chats: int, rate: float, http_port
         name="demo-producer",
         daemon=True,
     )
-    engine.started.wait(60)
+    deadline = time.monotonic() + 60
+    while not (engine.started.wait(0.1) or failure or time.monotonic() > deadline):
+        pass  # the engine joins the group, or fails (shown at the end)
     producer_thread.start()
     started = time.monotonic()
     shown = 0
@@ -108,12 +120,16 @@ def run_demo(bootstrap: str, duration: float, chats: int, rate: float, http_port
     finally:
         stop.set()
         producer_thread.join(10)
-        _settle(engine, metrics, produced, 20.0)
+        if not failure:
+            _settle(engine, metrics, produced, 20.0)
         _report(sim, metrics, produced, started, shown, final=True)
         engine.stop()
         engine_thread.join(30)
         ops.stop()
         sim.stop()
+    if failure:
+        print(f"the consumer stopped: {type(failure[0]).__name__}: {failure[0]}", file=sys.stderr)
+        return 1
     return 0
 
 

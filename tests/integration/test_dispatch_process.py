@@ -172,3 +172,38 @@ def test_the_dispatch_process_dies_with_the_service(kafka_bootstrap, topic_facto
         if service.poll() is None:
             service.kill()
             service.wait(30)
+
+
+def test_the_demo_stops_with_the_cause_when_the_consumer_fails(kafka_bootstrap):
+    demo = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "consumer",
+            "demo",
+            "--bootstrap-servers",
+            kafka_bootstrap,
+            "--duration",
+            "120",
+            "--http-port",
+            "0",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        children = wait_until(
+            lambda: [c for c in _children(demo.pid) if "consumer.dispatch_process" in _cmdline(c)],
+            60,
+            "the demo's dispatch process to start",
+        )
+        os.kill(children[0], signal.SIGKILL)
+        _, err = demo.communicate(timeout=60)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.communicate(timeout=30)
+    # Long before its 120 s: one line with the cause, and a failing exit status.
+    assert demo.returncode == 1
+    assert b"the consumer stopped: DispatchLost: the dispatch process" in err
+    assert b"exit status -9" in err
