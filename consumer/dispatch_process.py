@@ -36,6 +36,7 @@ import struct
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -68,7 +69,8 @@ _RELAYED = frozenset(
 )
 _OPS = frozenset({"inc", "dec", "set", "observe"})
 
-Relay = tuple[list[tuple[str, tuple[tuple[str, str], ...], str, float]], Any]
+# (metric operations, portal status or None): tuples in the child, JSON lists on arrival.
+Relay = Sequence[Any]
 
 
 def _frame(message: tuple[Any, ...] | list[Any]) -> bytes:
