@@ -18,6 +18,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -167,6 +168,20 @@ class PartitionWork:
         return self.next_offset
 
 
+@dataclass(slots=True)
+class Committing:
+    """A transaction being committed on the committer thread, and what waits for it: the
+    outputs to write again if it is aborted, the chats whose states it carries, and the
+    requests whose in-flight marks it makes durable (they leave once it is committed)."""
+
+    offsets: list[TopicPartition]
+    outputs: list[tuple[str, bytes, bytes | None, Headers | None, int | None]]
+    chats: list[tuple[PartitionWork, str]]
+    batches: list[Batch]
+    started: float
+    done: Future[float]
+
+
 def _pending_of(state: ChatState) -> int:
     return len(state.outbox) + (state.held_rename is not None)
 
@@ -207,10 +222,14 @@ class Engine:
         self._last_commit = 0.0
         self._outputs_since_commit = 0
         self._txn_outputs: list[tuple[str, bytes, bytes | None, Headers | None, int | None]] = []
-        self._txn_chats: list[tuple[PartitionWork, str]] = []
         # Records of the open transaction not yet handed to librdkafka, by topic/partition
         # (None: the key decides), in the order they were made.
         self._unsent: dict[tuple[str, int | None], list[dict[str, Any]]] = {}
+        self._unsent_headed: list[tuple[str, dict[str, Any]]] = []  # dead letters
+        # The transaction being committed while the loop goes on (at most one), and the
+        # thread that commits it.
+        self._committing: Committing | None = None
+        self._committer = ThreadPoolExecutor(1, thread_name_prefix="kafka-commit")
         self._queue_room = 100_000
         self._chunk = PRODUCE_CHUNK
         self._last_tick = 0.0
@@ -279,6 +298,10 @@ class Engine:
 
     def _close(self) -> None:
         consumer, producer = self._consumer, self._producer
+        try:  # the producer must be idle before anything else touches it
+            self._settle(submit=not self.dispatcher.lost)
+        except KafkaException as exc:
+            logger.warning("the last transaction failed: %s", exc)
         if consumer is not None:
             try:
                 consumer.close()  # revokes (drain + commit via _on_revoke) and leaves the group
@@ -288,6 +311,7 @@ class Engine:
             with contextlib.suppress(KafkaException):  # nothing open, or fenced: fine
                 producer.abort_transaction(10)
                 producer.flush(10)
+        self._committer.shutdown(wait=True)
         self.dispatcher.stop()
         if self._registry is not None:
             self._registry.close()
@@ -300,6 +324,7 @@ class Engine:
         assigned = [TopicPartition(w.topic, w.partition) for w in self.parts.values()]
         if assigned:
             self._consumer.pause(assigned)
+        self._settle()  # its requests leave, and are waited for like the others
         deadline = time.monotonic() + grace
         while (
             self.dispatcher.in_flight and time.monotonic() < deadline and not self.dispatcher.lost
@@ -317,7 +342,10 @@ class Engine:
         # is there, and wait (only until the first record) when nothing is.
         messages = self._consumer.consume(num_messages=2000, timeout=0)
         if not messages:
-            timeout = 0.005 if self.dispatcher.in_flight else 0.1
+            if self._committing is not None:
+                timeout = 0.002  # its requests leave once it is done
+            else:
+                timeout = 0.005 if self.dispatcher.in_flight else 0.1
             messages = self._consumer.consume(num_messages=1, timeout=timeout)
         for msg in messages:
             error = msg.error()
@@ -334,18 +362,19 @@ class Engine:
         if now - self._last_tick >= 0.2:
             self._tick(gauges=now - self._last_gauges >= 1.0)
             self._last_tick = now
-        batches = self._plan()
-        interval = self.settings.engine.commit_interval_ms / 1000
         # The send ledger: a call's in-flight mark is committed before its request leaves,
         # so after a crash every call that may have reached the portal is known (and its
         # resend recorded). Idempotent methods too: a restart must not replay calls the
         # portal already took just because their completions were not committed yet.
-        due = batches or now - self._last_commit >= interval
-        if due and not self._commit() and batches:
-            self._unplan(batches)  # the marks are not durable: nothing may leave
-            batches = []
-        for batch in batches:
-            self.dispatcher.submit(batch)
+        # The commit runs on the committer thread while this loop reads and folds on; its
+        # requests leave when it is done, and the next round is planned then.
+        if self._committing is not None:
+            self._settle(wait=False)
+        if self._committing is None:
+            batches = self._plan()
+            interval = self.settings.engine.commit_interval_ms / 1000
+            if batches or now - self._last_commit >= interval:
+                self._start_commit(batches)
         self._backpressure()
         self._producer.poll(0)
         self._publish_counts()
@@ -578,25 +607,21 @@ class Engine:
         partition: int | None = None,
         replay: bool = True,
     ) -> None:
-        assert self._producer is not None
+        """Keep a record for the open transaction; it reaches librdkafka when the
+        transaction is committed (`_send_unsent`), after the one being committed."""
         if replay:  # kept until the transaction commits, to re-send if it is aborted
             self._txn_outputs.append((topic, key, value, headers, partition))
         self._outputs_since_commit += 1
-        if not headers:  # handed to librdkafka at the commit, a list at a time
-            lane = self._unsent.get((topic, partition))
-            if lane is None:
-                lane = self._unsent[(topic, partition)] = []
-            lane.append({"key": key, "value": value})
+        if headers:  # produce_batch takes no headers
+            kwargs: dict[str, Any] = {"key": key, "value": value, "headers": headers}
+            if partition is not None:
+                kwargs["partition"] = partition
+            self._unsent_headed.append((topic, kwargs))
             return
-        kwargs: dict[str, Any] = {"key": key, "value": value, "headers": headers}
-        if partition is not None:
-            kwargs["partition"] = partition
-        while True:
-            try:
-                self._producer.produce(topic, **kwargs)
-                break
-            except BufferError:
-                self._producer.poll(0.05)  # local queue full: let deliveries drain
+        lane = self._unsent.get((topic, partition))
+        if lane is None:
+            lane = self._unsent[(topic, partition)] = []
+        lane.append({"key": key, "value": value})
 
     def _send_unsent(self) -> None:
         """Queue the records kept for this transaction in librdkafka: one `produce_batch`
@@ -604,6 +629,14 @@ class Engine:
         first, so a full queue cannot fail a record in the middle and reorder its key."""
         assert self._producer is not None
         producer = self._producer
+        for topic, kwargs in self._unsent_headed:
+            while True:
+                try:
+                    producer.produce(topic, **kwargs)
+                    break
+                except BufferError:
+                    producer.poll(0.05)  # local queue full: let deliveries drain
+        self._unsent_headed.clear()
         for (topic, partition), records in self._unsent.items():
             for start in range(0, len(records), self._chunk):
                 chunk = records[start : start + self._chunk]
@@ -862,10 +895,19 @@ class Engine:
 
     # -- commit --------------------------------------------------------------------------
     def _commit(self) -> bool:
-        """One transaction: changed states, outputs so far and the committable offsets.
+        """Commit everything so far and wait for it (drain, revoke).
 
         Returns False when the transaction was aborted (its writes are queued again)."""
+        self._settle()
+        self._start_commit([])
+        return self._settle()
+
+    def _start_commit(self, batches: list[Batch]) -> None:
+        """Close the open transaction: changed states, outputs so far and the committable
+        offsets go to librdkafka, and the committer thread commits them. `batches` leave
+        once it is committed (`_settle`); the loop goes on meanwhile, into the next one."""
         assert self._consumer is not None and self._producer is not None
+        assert self._committing is None
         offsets: list[TopicPartition] = []
         for work in self.parts.values():
             if work.sparse:
@@ -874,10 +916,11 @@ class Engine:
             if target > work.committed and target >= 0:
                 offsets.append(TopicPartition(work.topic, work.partition, target))
         dirty = any(work.dirty or work.orphans for work in self.parts.values())
-        if not (offsets or dirty or self._outputs_since_commit):
+        if not (offsets or dirty or self._outputs_since_commit or batches):
             self._last_commit = time.monotonic()
-            return True
+            return
         started = time.monotonic()
+        chats: list[tuple[PartitionWork, str]] = []
         for work in self.parts.values():
             if not (work.dirty or work.orphans):
                 continue
@@ -898,20 +941,59 @@ class Engine:
                 self._produce(
                     changelog, chat.encode(), value, None, partition=work.partition, replay=False
                 )
-                self._txn_chats.append((work, chat))
+                chats.append((work, chat))
             self._write_blocks(work, changelog, fresh)
             for key in work.orphans:
                 self._produce(changelog, key, None, None, partition=work.partition, replay=False)
             work.dirty.clear()
             work.tombstones.clear()
             work.orphans.clear()
+        outputs, self._txn_outputs = self._txn_outputs, []
+        self._outputs_since_commit = 0
+        done: Future[float]
         try:
             self._send_unsent()
-            if offsets:
-                self._producer.send_offsets_to_transaction(
-                    offsets, self._consumer.consumer_group_metadata(), 30
-                )
-            self._producer.commit_transaction(60)
+        except KafkaException as exc:  # settled like a failed commit: aborted, made again
+            self._unsent.clear()
+            self._unsent_headed.clear()
+            done = Future()
+            done.set_exception(exc)
+        else:
+            group = self._consumer.consumer_group_metadata() if offsets else None
+            done = self._committer.submit(self._commit_transaction, offsets, group)
+        self._committing = Committing(offsets, outputs, chats, batches, started, done)
+
+    def _commit_transaction(self, offsets: list[TopicPartition], group: object) -> float:
+        """On the committer thread: the offsets join the transaction, which is committed.
+        Returns when it was done.
+
+        The records are flushed first (the commit would flush them anyway): aborting a
+        transaction whose partitions are still being registered with the coordinator
+        fails for good with INVALID_TXN_STATE (librdkafka#4849), so the offsets, whose
+        failure is the usual abortable one (a rebalance), join once every record is
+        acknowledged."""
+        assert self._producer is not None
+        self._producer.flush(60)
+        if offsets:
+            self._producer.send_offsets_to_transaction(offsets, group, 30)
+        self._producer.commit_transaction(60)
+        return time.monotonic()
+
+    def _settle(self, wait: bool = True, submit: bool = True) -> bool:
+        """Finish the transaction being committed, if any (or, without `wait`, only if it
+        is done): its requests leave and the next transaction begins; if it was aborted,
+        its writes are queued again and its requests go back to their queues.
+
+        Returns False when it was aborted."""
+        pending = self._committing
+        if pending is None:
+            return True
+        if not wait and not pending.done.done():
+            return True
+        assert self._consumer is not None and self._producer is not None
+        self._committing = None
+        try:
+            finished = pending.done.result()
         except KafkaException as exc:
             self.metrics.transactions.labels(result="aborted").inc()
             error = exc.args[0]
@@ -927,24 +1009,27 @@ class Engine:
             # E.g. ILLEGAL_GENERATION while the group rebalances: abort, then write the
             # same outputs and states again in the next transaction.
             logger.warning("Kafka transaction aborted (%s); retrying its writes", error)
-            self._replay_aborted()
+            self._replay_aborted(pending)
+            self._unplan(pending.batches)  # the marks are not durable: nothing may leave
             return False
         self._producer.begin_transaction()
-        self._txn_outputs = []
-        self._txn_chats = []
-        for tp in offsets:
+        for tp in pending.offsets:
             owner = self.parts.get((tp.topic, tp.partition))
             if owner is not None:
-                owner.committed = tp.offset
-        if offsets:
+                owner.committed = max(owner.committed, tp.offset)
+        if pending.offsets:
             # Offsets go to Kafka inside the transaction; storing them as well lets
             # librdkafka's statistics report consumer lag (consumer_lag_stored).
             with contextlib.suppress(KafkaException):
-                self._consumer.store_offsets(offsets=offsets)
-        self._outputs_since_commit = 0
-        self._last_commit = time.monotonic()
+                self._consumer.store_offsets(offsets=pending.offsets)
+        self._last_commit = finished
         self.metrics.transactions.labels(result="committed").inc()
-        self.metrics.transaction_duration.observe(time.monotonic() - started)
+        self.metrics.transaction_duration.observe(finished - pending.started)
+        if submit:
+            for batch in pending.batches:
+                self.dispatcher.submit(batch)
+        else:
+            self._unplan(pending.batches)
         return True
 
     def _write_bodies(
@@ -1023,16 +1108,21 @@ class Engine:
         work.orphans.update(work.sparse)
         work.sparse.clear()
 
-    def _replay_aborted(self) -> None:
+    def _replay_aborted(self, aborted: Committing) -> None:
+        """Abort the transaction; its outputs go into the next one ahead of everything
+        made since, and its chats' states are written again."""
         assert self._producer is not None
-        self._unsent.clear()  # part of the aborted transaction; made again below
         self._producer.abort_transaction(30)
         self._producer.begin_transaction()
-        outputs, chats = self._txn_outputs, self._txn_chats
-        self._txn_outputs, self._txn_chats = [], []
-        for topic, key, value, headers, partition in outputs:
+        newer, newer_headed, newer_outputs = self._unsent, self._unsent_headed, self._txn_outputs
+        self._unsent, self._unsent_headed, self._txn_outputs = {}, [], []
+        for topic, key, value, headers, partition in aborted.outputs:
             self._produce(topic, key, value, headers, partition)
-        for work, chat in chats:
+        for lane, records in newer.items():
+            self._unsent.setdefault(lane, []).extend(records)
+        self._unsent_headed.extend(newer_headed)
+        self._txn_outputs.extend(newer_outputs)
+        for work, chat in aborted.chats:
             if self.parts.get((work.topic, work.partition)) is work:
                 work.dirty.add(chat)
                 # Its new bodies were in the aborted transaction: write all its waiting
@@ -1154,6 +1244,7 @@ class Engine:
         ]
         for work in works:
             work.revoking = True
+        self._settle()  # its requests leave, and are waited for like the others
         deadline = time.monotonic() + min(self.settings.shutdown_grace_s, 15.0)
         while (
             any(work.busy for work in works)

@@ -7,13 +7,17 @@ from __future__ import annotations
 
 import math
 import struct
+import time
 from collections import Counter
 from typing import Any
 
+import orjson
 import pytest
+from confluent_kafka import KafkaError, KafkaException
 
 from consumer.codec import ChatEventEncoder, SchemaRegistryClient
 from consumer.dispatch import Batch
+from consumer.engine import Engine
 from consumer.events import (
     ChatEvent,
     ChatRenamed,
@@ -25,6 +29,7 @@ from consumer.events import (
     ReadConfirmed,
 )
 from consumer.mapping import BATCHABLE, SEND
+from consumer.state import IN_FLIGHT
 from tests.integration.harness import (
     CONNECTOR,
     LINE,
@@ -34,6 +39,7 @@ from tests.integration.harness import (
     applied_call_list,
     chat_event,
     expected_calls,
+    final_outcomes,
     line_simulator,
     make_settings,
     produce,
@@ -224,35 +230,137 @@ def test_a_backlog_of_mixed_methods_goes_out_in_full_batches(
         assert seen[script[0].chat_id] == expected_calls(script), script[0].chat_id
 
 
+class LedgerWatch:
+    """Follows an engine's transactions: the chat states each committed one carried, and
+    whether every call handed to the dispatcher is marked in flight in its chat's committed
+    state. With `abort_every`, every such commit made while requests are out fails as an
+    abortable error would (e.g. ILLEGAL_GENERATION in a rebalance), once the loop has made
+    records for the next transaction (their completions' outcomes)."""
+
+    def __init__(self, engine: Engine, changelog: str, abort_every: int = 0) -> None:
+        self.engine = engine
+        self.changelog = changelog
+        self.abort_every = abort_every
+        self.submitted: Counter[str] = Counter()
+        self.uncommitted: list[tuple[str, str]] = []
+        self.commits = self.candidates = self.aborted = self.aborted_with_newer = 0
+        # Chat states as handed to the open transaction, and as last committed.
+        self.made: dict[tuple[int, bytes], bytes | None] = {}
+        self.committed: dict[tuple[int, bytes], bytes | None] = {}
+        self._produce, self._commit = engine._produce, engine._commit_transaction
+        self._submit = engine.dispatcher.submit
+        engine._produce = self.produce  # type: ignore[method-assign,assignment]
+        engine._commit_transaction = self.commit_transaction  # type: ignore[method-assign]
+        engine.dispatcher.submit = self.submit  # type: ignore[method-assign]
+
+    def produce(
+        self,
+        topic: str,
+        key: bytes,
+        value: bytes | None,
+        headers: Any,
+        partition: int | None = None,
+        replay: bool = True,
+    ) -> None:
+        if topic == self.changelog and partition is not None:
+            self.made[(partition, key)] = value
+        self._produce(topic, key, value, headers, partition, replay)
+
+    def commit_transaction(self, offsets: list[Any], group: object) -> float:
+        # On the committer thread; the loop makes no changelog record meanwhile.
+        carried = dict(self.made)
+        self.made.clear()
+        self.commits += 1
+        out = self.engine.dispatcher.in_flight > 0
+        self.candidates += out
+        if out and self.abort_every and self.candidates % self.abort_every == 0:
+            deadline = time.monotonic() + 2.0
+            while not self.engine._txn_outputs and time.monotonic() < deadline:
+                time.sleep(0.001)  # until an outcome waits for the next transaction
+            self.aborted += 1
+            self.aborted_with_newer += bool(self.engine._txn_outputs)
+            assert self.engine._producer is not None
+            self.engine._producer.flush(30)  # fail where the offsets would: after the flush
+            raise KafkaException(
+                KafkaError(KafkaError.ILLEGAL_GENERATION, "injected", txn_requires_abort=True)
+            )
+        finished = self._commit(offsets, group)
+        self.committed.update(carried)
+        return finished
+
+    def submit(self, batch: Batch) -> None:
+        for (chat, call), (_, partition, _) in zip(batch.calls, batch.routes, strict=True):
+            state = self.committed.get((partition, chat.encode()))
+            # A waiting call's entry in its chat's record: [offset, status, attempts, ...]
+            # (PendingCall.ref).
+            entries = orjson.loads(state).get("o", []) if state else []
+            mark = next((e for e in entries if e[0] == call.origin[2]), None)
+            if mark is None or mark[1:3] != [IN_FLIGHT, call.attempts]:
+                self.uncommitted.append((batch.method, call.event_id))
+        self.submitted[batch.method] += 1
+        self._submit(batch)
+
+
 def test_no_request_leaves_before_its_in_flight_mark_is_committed(
     kafka_bootstrap, topic_factory, unique, sim
 ):
-    """The send ledger covers every method: when a batch is handed to the dispatcher, the
-    state of each of its chats (with the call marked in flight) is already committed, so a
+    """The send ledger covers every method: when a batch is handed to the dispatcher, each
+    of its calls is marked in flight in its chat's state in a committed transaction, so a
     crash can never replay a call the portal took without recording it as ambiguous."""
     topic = topic_factory(2)
     _, events = shuffled_workload(8, 120, 3, 10)
     settings = make_settings(kafka_bootstrap, topic, unique("g"), sim)
     running = EngineThread(settings)
-    engine = running.engine
-    submit = engine.dispatcher.submit
-    submitted: Counter[str] = Counter()
-    uncommitted: list[tuple[str, str]] = []
-
-    def checked_submit(batch: Batch) -> None:
-        pending = {(id(work), chat) for work, chat in engine._txn_chats}
-        for (chat, call), (part_topic, partition, _) in zip(batch.calls, batch.routes, strict=True):
-            work = engine.parts[(part_topic, partition)]
-            if chat in work.dirty or (id(work), chat) in pending:
-                uncommitted.append((batch.method, call.event_id))
-        submitted[batch.method] += 1
-        submit(batch)
-
-    engine.dispatcher.submit = checked_submit  # type: ignore[method-assign]
+    ledger = LedgerWatch(running.engine, settings.changelog_topic(topic))
     with running, OutcomeWatcher(kafka_bootstrap, f"{topic}.outcomes") as outcomes:
         produce(kafka_bootstrap, topic, events, [ChatEventEncoder("single-object")])
         ids = {e.event_id for e in events}
         wait_until(lambda: outcomes.finished(ids), 120, "a committed outcome per event")
-    others: dict[str, Any] = {m: n for m, n in submitted.items() if m != SEND}
-    assert len(others) >= 4, f"the workload must exercise the other methods: {submitted}"
+    others: dict[str, Any] = {m: n for m, n in ledger.submitted.items() if m != SEND}
+    assert len(others) >= 4, f"the workload must exercise the other methods: {ledger.submitted}"
+    uncommitted = ledger.uncommitted
     assert uncommitted == [], f"{len(uncommitted)} calls left before their mark was committed"
+
+
+def test_an_aborted_transaction_is_written_again_ahead_of_what_came_after(
+    kafka_bootstrap, topic_factory, unique, sim
+):
+    """Transactions are committed while the loop goes on. When one is aborted, its outputs
+    and states go into the next one ahead of the records made meanwhile, and its requests
+    wait for that: every event still ends with one committed outcome, in order per chat,
+    every call is applied once and in order, and the changelog ends with each chat done."""
+    topic = topic_factory(2)
+    scripts, events = shuffled_workload(9, 300, 3, 10)
+    settings = make_settings(kafka_bootstrap, topic, unique("g"), sim)
+    running = EngineThread(settings)
+    changelog = settings.changelog_topic(topic)
+    ledger = LedgerWatch(running.engine, changelog, abort_every=2)
+    with running, OutcomeWatcher(kafka_bootstrap, f"{topic}.outcomes") as outcomes:
+        produce(kafka_bootstrap, topic, events, [ChatEventEncoder("single-object")])
+        ids = {e.event_id for e in events}
+        wait_until(lambda: outcomes.finished(ids), 120, "a committed outcome per event")
+        aborted = running.metrics.registry.get_sample_value(
+            "imconnector_transactions_total", {"result": "aborted"}
+        )
+    assert ledger.aborted_with_newer >= 2, (ledger.aborted, ledger.aborted_with_newer)
+    assert aborted == ledger.aborted
+    assert ledger.uncommitted == [], "a request left before its mark was committed"
+    seen = applied_call_list(sim)
+    for script in scripts:
+        assert seen[script[0].chat_id] == expected_calls(script), script[0].chat_id
+    final, _ = final_outcomes(kafka_bootstrap, f"{topic}.outcomes")  # one per event
+    assert final.keys() == ids
+    applied: dict[str, list[int]] = {}
+    for msg in read_all(kafka_bootstrap, f"{topic}.outcomes"):
+        doc = orjson.loads(msg.value())
+        if doc["outcome"] == "applied":
+            applied.setdefault(doc["chat"], []).append(doc["seq"])
+    assert all(seqs == sorted(seqs) for seqs in applied.values()), applied
+    last: dict[bytes, bytes | None] = {}
+    for msg in read_all(kafka_bootstrap, changelog):
+        last[msg.key()] = msg.value()
+    for script in scripts:
+        key = script[-1].key.encode()
+        doc = orjson.loads(last[key] or b"{}")
+        assert doc.get("w") == max(e.sequence or 0 for e in script), script[-1].key
+        assert not doc.get("o"), f"{script[-1].key} still has calls waiting: {doc}"
