@@ -1064,24 +1064,25 @@ class Engine:
         """Queue the bodies of the chat's new calls for this commit's blocks; let go of
         the bodies of its finished ones."""
         written = work.stored.get(chat)
-        if not calls and not written:
+        if written is None:
+            if calls:
+                fresh.extend((chat, call) for call in calls)
+                work.stored[chat] = {call.origin[2] for call in calls}
             return
-        if (
-            written is not None
-            and len(calls) == len(written) == 1
-            and calls[0].origin[2] in written
-        ):
+        if not calls:
+            for offset in written:
+                self._release(work, changelog, chat, offset)
+            del work.stored[chat]
+            return
+        if len(calls) == len(written) == 1 and calls[0].origin[2] in written:
             return  # the same waiting call (its mark changed): the most common case
         now = {call.origin[2] for call in calls}
         for call in calls:
-            if written is None or call.origin[2] not in written:
+            if call.origin[2] not in written:
                 fresh.append((chat, call))
-        for offset in (written or set()) - now:
+        for offset in written - now:
             self._release(work, changelog, chat, offset)
-        if now:
-            work.stored[chat] = now
-        else:
-            work.stored.pop(chat, None)
+        work.stored[chat] = now
 
     def _write_blocks(
         self, work: PartitionWork, changelog: str, fresh: list[tuple[str, PendingCall]]
