@@ -165,20 +165,30 @@ class PartitionWork:
         if self.block_of.pop((chat, offset), None) is None:
             self.orphans.add(body_key(chat, offset))
 
-    def compact(self, now_ms: int, idle_ms: int = COMPACT_AFTER_MS) -> int:
-        """Keep the chats idle for `idle_ms` (nothing waiting, in flight or held) as their
-        changelog records; returns how many were compacted."""
+    def sweep(self, now_ms: int, ttl_ms: int, idle_ms: int = COMPACT_AFTER_MS) -> int:
+        """One pass over the chats with nothing waiting, in flight or held: expire those
+        idle past `ttl_ms` (tombstones keep the changelog compact), keep those idle for
+        `idle_ms` as their changelog records. Returns how many were compacted."""
         compacted = 0
-        for chat, state in self.states.items():
-            if (
-                isinstance(state, ChatState)
-                and now_ms - state.last_activity_ms > idle_ms
-                and state.is_idle()
-                and not state.recent_ids
-                and chat not in self.busy
-                and chat not in self.lanes
-            ):
-                self.states[chat] = state.to_bytes()
+        for chat, value in list(self.states.items()):
+            if chat in self.busy or chat in self.lanes:
+                continue
+            if isinstance(value, bytes):
+                match = _ACTIVITY.search(value)
+                active = int(match.group(1)) if match else now_ms
+                idle = b'"o"' not in value and b'"h"' not in value and b'"p"' not in value
+            else:
+                active, idle = value.last_activity_ms, value.is_idle()
+            if not idle:
+                continue
+            if now_ms - active > ttl_ms:
+                del self.states[chat]
+                self.tombstones.add(chat)
+                self.dirty.add(chat)
+            elif now_ms - active > idle_ms and isinstance(value, ChatState):
+                if value.recent_ids:
+                    continue  # chats deduplicated by event id stay decoded
+                self.states[chat] = value.to_bytes()
                 compacted += 1
         return compacted
 
@@ -853,27 +863,10 @@ class Engine:
             self._last_gauges = time.monotonic()
 
     def _sweep(self, now_ms: int) -> None:
-        """Expire idle chats past the TTL (tombstones keep the changelog compact); keep the
-        ones idle for a while compact in memory."""
+        """Expire idle chats past the TTL; keep the ones idle for a while compact."""
         ttl_ms = int(self.settings.engine.chat_ttl_s * 1000)
         for work in self.parts.values():
-            for chat, value in list(work.states.items()):
-                if isinstance(value, bytes):
-                    match = _ACTIVITY.search(value)
-                    active = int(match.group(1)) if match else now_ms
-                    idle = b'"o"' not in value and b'"h"' not in value and b'"p"' not in value
-                else:
-                    active, idle = value.last_activity_ms, value.is_idle()
-                if (
-                    idle
-                    and chat not in work.busy
-                    and chat not in work.lanes
-                    and now_ms - active > ttl_ms
-                ):
-                    del work.states[chat]
-                    work.tombstones.add(chat)
-                    work.dirty.add(chat)
-            work.compact(now_ms)
+            work.sweep(now_ms, ttl_ms)
 
     def _gauges(self, now_ms: int) -> None:
         held = 0

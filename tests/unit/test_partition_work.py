@@ -41,7 +41,7 @@ def test_only_chats_idle_for_a_while_are_kept_as_their_record() -> None:
     work.lanes["holding-a-gap"] = Lane(8, 8, lambda e: e)
     expected = ChatState(watermark=7, session=True, last_activity_ms=old).to_bytes()
 
-    assert work.compact(NOW) == 1
+    assert work.sweep(NOW, ttl_ms=7 * 86_400_000) == 1
     assert work.states["idle-long"] == expected
     kept = {chat for chat, value in work.states.items() if isinstance(value, ChatState)}
     assert kept == {"idle-just-now", "waiting", "in-flight", "holding-a-gap", "dedup-window"}
