@@ -7,6 +7,8 @@ import re
 from typing import Any
 from urllib.parse import parse_qsl
 
+import orjson
+
 _BRACKETS = re.compile(r"\[([^\]]*)\]")
 
 
@@ -50,15 +52,19 @@ def parse_body(content_type: str, body: bytes) -> dict[str, Any]:
     if not body:
         return {}
     media = content_type.split(";", 1)[0].strip().lower()
-    text = body.decode("utf-8", errors="replace")
-    if media == "application/json" or (not media and text.lstrip().startswith("{")):
+    if media == "application/json" or (not media and body.lstrip().startswith(b"{")):
         try:
-            decoded = json.loads(text)
-        except ValueError:
-            return {}
+            decoded = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            # Not strict JSON for orjson (invalid UTF-8, an integer past 64 bits, NaN):
+            # PHP's json_decode is more lenient, and so is `json`.
+            try:
+                decoded = json.loads(body.decode("utf-8", errors="replace"))
+            except ValueError:
+                return {}
         return {str(k): v for k, v in decoded.items()} if isinstance(decoded, dict) else {}
     if media in ("application/x-www-form-urlencoded", ""):
-        return parse_form(text)
+        return parse_form(body.decode("utf-8", errors="replace"))
     return {}
 
 

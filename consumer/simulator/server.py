@@ -17,6 +17,8 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+import orjson
+
 from consumer.simulator.clock import Clock
 from consumer.simulator.config import SimulatorConfig
 from consumer.simulator.params import parse_body, parse_form, upper_keys
@@ -29,6 +31,15 @@ logger = logging.getLogger("consumer.simulator")
 MAX_BODY = 32 * 1024 * 1024
 JSON_CONTENT_TYPE = "application/json; charset=utf-8"
 POLL_INTERVAL = 0.02  # how soon stop() takes effect; an idle select loop costs next to nothing
+
+
+def _json_bytes(payload: Any) -> bytes:
+    """Compact UTF-8 JSON; orjson is several times faster than `json` on the large answers
+    of a batch of 50 messages. Integer keys become strings, as `json` and PHP make them."""
+    try:
+        return orjson.dumps(payload, option=orjson.OPT_NON_STR_KEYS)
+    except TypeError:  # e.g. an integer past 64 bits: `json` writes it as it is
+        return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
 class _HTTPServer(ThreadingHTTPServer):
@@ -141,7 +152,7 @@ class _Handler(BaseHTTPRequestHandler):
         return self.rfile.read(length) if length > 0 else b""
 
     def _send_json(self, status: int, payload: Any, content_type: str = JSON_CONTENT_TYPE) -> None:
-        data = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        data = _json_bytes(payload)
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
