@@ -2,24 +2,61 @@
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from dataclasses import asdict, dataclass
 from typing import Any
 from urllib.parse import unquote_plus
 
+import orjson
+
 REDACTED = "[REDACTED]"
 SECRET_KEYS = frozenset({"auth", "access_token", "refresh_token", "client_secret", "password"})
 
 
+# A secret-named key as orjson writes it (compact, so no blank before the colon).
+_SECRET_KEY = re.compile(
+    rb'"(?:' + b"|".join(re.escape(k.encode()) for k in sorted(SECRET_KEYS)) + rb')":',
+    re.IGNORECASE,
+)
+
+
 def redact(value: Any) -> Any:
+    """`value` with every secret-named key's value replaced, at any depth.
+
+    A nested part with no secret-named key in it is kept as it is, not copied: a scan of
+    its JSON finds that several times faster than walking it (a batch of 50 messages), and
+    the simulator never changes a request's parameters after it arrived. Non-ASCII JSON
+    is walked: a key like "ACCESS_TO\u212aEN" lower-cases to a secret name."""
+    if isinstance(value, dict):
+        return {
+            key: REDACTED if str(key).lower() in SECRET_KEYS else _redact_part(item)
+            for key, item in value.items()
+        }
+    return _redact_part(value)
+
+
+def _redact_part(value: Any) -> Any:
+    if not isinstance(value, (dict, list)):
+        return value
+    try:
+        text = orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
+    except TypeError:  # not JSON (cannot come from a request): walk it
+        return _walk(value)
+    if text.isascii() and _SECRET_KEY.search(text) is None:
+        return value
+    return _walk(value)
+
+
+def _walk(value: Any) -> Any:
     """A copy of `value` with every secret-named key's value replaced, at any depth."""
     if isinstance(value, dict):
         return {
-            key: REDACTED if str(key).lower() in SECRET_KEYS else redact(item)
+            key: REDACTED if str(key).lower() in SECRET_KEYS else _walk(item)
             for key, item in value.items()
         }
     if isinstance(value, list):
-        return [redact(item) for item in value]
+        return [_walk(item) for item in value]
     return value
 
 

@@ -576,7 +576,7 @@ class OpenLines:
             raise RestError(
                 ERROR_ARGUMENT, "The MESSAGES parameter must be an array of messages (arrays)"
             )
-        messages = [lower_keys_deep(m) for m in messages]
+        messages = list(lower_keys_deep(messages))  # one scan of the whole array
         if check_structure and not all(
             all(block in m for block in ("user", "message", "chat")) for m in messages
         ):
@@ -602,7 +602,7 @@ class OpenLines:
             )
         if connector_id not in self.connectors:
             raise RestError(IMCONNECTOR_NO_CORRECT_PROVIDER, "Failed to initialise the provider")
-        return connector_id, line, [lower_keys_deep(m) for m in messages]
+        return connector_id, line, list(lower_keys_deep(messages))
 
     def _each(
         self, element: Any, handle: Callable[[dict[str, Any]], dict[str, Any]]
