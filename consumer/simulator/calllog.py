@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 from urllib.parse import unquote_plus
 
-import orjson
+from consumer.simulator.params import scan_text
 
 REDACTED = "[REDACTED]"
 SECRET_KEYS = frozenset({"auth", "access_token", "refresh_token", "client_secret", "password"})
@@ -39,11 +39,8 @@ def redact(value: Any) -> Any:
 def _redact_part(value: Any) -> Any:
     if not isinstance(value, (dict, list)):
         return value
-    try:
-        text = orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
-    except TypeError:  # not JSON (cannot come from a request): walk it
-        return _walk(value)
-    if text.isascii() and _SECRET_KEY.search(text) is None:
+    text = scan_text(value)
+    if text is not None and _SECRET_KEY.search(text) is None:
         return value
     return _walk(value)
 

@@ -87,13 +87,21 @@ def lower_keys_deep(value: Any) -> Any:
     text is rebuilt: a key there may hide an upper-case letter from the scan."""
     if not isinstance(value, (dict, list)):
         return value
-    try:
-        text = orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
-    except TypeError:  # not JSON (cannot come from a request): rebuild it
-        return _lower_keys(value)
-    if text.isascii() and b"\\" not in text and _UPPER_KEY.search(text) is None:
+    text = scan_text(value)
+    if text is not None and b"\\" not in text and _UPPER_KEY.search(text) is None:
         return value
     return _lower_keys(value)
+
+
+def scan_text(value: Any) -> bytes | None:
+    """A request part's compact JSON, for a scan that tells whether it needs a walk; None
+    where a scan cannot tell: not JSON (cannot come from a request), or non-ASCII text,
+    where a key may lower-case to ASCII (the Kelvin sign to "k")."""
+    try:
+        text = orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
+    except TypeError:
+        return None
+    return text if text.isascii() else None
 
 
 def _lower_keys(value: Any) -> Any:
