@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from prometheus_client import CollectorRegistry
 
 from consumer.bitrix.oauth import TokenStore
@@ -227,34 +227,41 @@ def produce_raw(bootstrap: str, topic: str, key: bytes, value: bytes) -> None:
 def read_all(
     bootstrap: str, topic: str, expect: int | None = None, timeout: float = 30.0
 ) -> list[Any]:
-    """Every committed record of `topic` (waiting until `expect` records are there)."""
+    """Every committed record of `topic`: up to the end of every partition, or, with `expect`,
+    until that many records are there (fewer when `timeout` passes first)."""
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
             "group.id": f"reader-{time.time_ns()}",
             "auto.offset.reset": "earliest",
             "enable.auto.commit": False,
+            "enable.partition.eof": True,
             "isolation.level": "read_committed",
         }
     )
     meta = consumer.list_topics(topic, timeout=10).topics[topic]
     consumer.assign([TopicPartition(topic, p, 0) for p in meta.partitions])
     out: list[Any] = []
+    at_end: set[int] = set()
     deadline = time.monotonic() + timeout
-    idle_since = time.monotonic()
     try:
         while time.monotonic() < deadline:
-            batch = consumer.consume(500, timeout=0.2)
-            got = [m for m in batch if m.error() is None]
-            out.extend(got)
-            if got:
-                idle_since = time.monotonic()
-            if expect is None and time.monotonic() - idle_since > 1.0:
-                break
+            for msg in consumer.consume(500, timeout=0.2):
+                error = msg.error()
+                if error is None:
+                    out.append(msg)
+                    at_end.discard(msg.partition())
+                elif error.code() == KafkaError._PARTITION_EOF:
+                    at_end.add(msg.partition())
+            if expect is None and at_end >= set(meta.partitions):
+                return out
             if expect is not None and len(out) >= expect:
-                break
+                return out
     finally:
         consumer.close()
+    if expect is None:
+        missing = sorted(set(meta.partitions) - at_end)
+        raise AssertionError(f"{topic}: partitions {missing} not read to the end in {timeout} s")
     return out
 
 

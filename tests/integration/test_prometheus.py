@@ -364,7 +364,6 @@ def test_prometheus_scrapes_the_consumer_and_every_panel_and_alert_works(
     tmp_path: Path,
 ) -> None:
     prometheus_binary()  # fail first, and with the fix, when it is not installed
-    started = time.monotonic()
     with ExitStack() as stack:
         # Portals: a flaky one (5xx, connection resets, token expiry), one that always fails
         # (breaker), one with a wrong client secret and expired tokens (refresh fails), a
@@ -650,4 +649,3 @@ def test_prometheus_scrapes_the_consumer_and_every_panel_and_alert_works(
             (r["name"], r.get("lastError")) for r in prom.alert_rules() if r["health"] != "ok"
         ]
         assert not unhealthy, f"rules failing to evaluate: {unhealthy}"
-        assert time.monotonic() - started < 150, "the scenario got too slow"

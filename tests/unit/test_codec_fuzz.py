@@ -49,8 +49,9 @@ from tests.avro_bytes import zigzag
 
 SEED = 0x1C0DEC
 PAYLOADS = 100_000
-TIME_BUDGET_S = 30.0  # the whole run; it takes a fraction of that on a 2-core machine
-SLOWEST_DECODE_S = 1.0  # one decode; GC pauses under tracemalloc reach ~0.15 s on a busy box
+# No timing asserts here: how fast the decoder is belongs in a benchmark, and wall time on a
+# shared 2-core machine is noise. A decode that hangs is caught by the test timeouts instead.
+HANG_TIMEOUT_S = 300
 MEMORY_GROWTH_BYTES = 5 * 1024 * 1024
 
 READER_RAW: dict[str, Any] = schemas.released_versions()[-1][1]
@@ -301,7 +302,8 @@ def _check(decoder: ChatEventDecoder, value: bytes, expected: str | None) -> str
     return "decoded"
 
 
-def test_100k_random_and_mutated_payloads_give_only_poison_fast_and_in_flat_memory():
+@pytest.mark.timeout(HANG_TIMEOUT_S)
+def test_100k_random_and_mutated_payloads_give_only_poison_and_in_flat_memory():
     rng = random.Random(SEED)
     decoder = ChatEventDecoder(FakeRegistry(REGISTRY_IDS))
     per_mutator: Counter[str] = Counter()
@@ -349,8 +351,6 @@ def test_100k_random_and_mutated_payloads_give_only_poison_fast_and_in_flat_memo
     )
     assert not failures, "\n".join(failures)
     assert sum(outcomes.values()) == PAYLOADS
-    assert duration < TIME_BUDGET_S
-    assert slowest[0] < SLOWEST_DECODE_S, slowest[1][:300].hex()
     assert after - before < MEMORY_GROWTH_BYTES
     assert peak - before < 4 * MEMORY_GROWTH_BYTES
     # the generator really reaches every way of failing, and some mutants still decode
@@ -405,6 +405,7 @@ def _huge_targets() -> dict[str, tuple[bytes, bytes]]:
     }
 
 
+@pytest.mark.timeout(HANG_TIMEOUT_S)
 @pytest.mark.parametrize("size", [2**60, 2**62, 2**63 - 1, -(2**60), -(2**63)])
 @pytest.mark.parametrize("target", list(_huge_targets()))
 def test_a_huge_declared_length_is_poison_and_allocates_nothing(target, size):
@@ -414,10 +415,8 @@ def test_a_huge_declared_length_is_poison_and_allocates_nothing(target, size):
     decoder.decode(ChatEventEncoder().encode(_events()[0]))  # warm
     tracemalloc.start()
     try:
-        started = time.perf_counter()
         with pytest.raises(PoisonRecord) as caught:
             decoder.decode(value)
-        elapsed = time.perf_counter() - started
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -426,7 +425,6 @@ def test_a_huge_declared_length_is_poison_and_allocates_nothing(target, size):
         (SchemaMismatch, "TRAILING_BYTES"),
     }
     assert peak < 256 * 1024, f"{peak} bytes traced for a {len(value)}-byte record"
-    assert elapsed < SLOWEST_DECODE_S
 
 
 def test_a_huge_declared_length_in_a_skipped_writer_field_allocates_nothing():
