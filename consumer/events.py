@@ -6,8 +6,9 @@ into these objects and back.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal, TypeAlias
+
+from consumer.frozen import frozen
 
 # The chat key is also the Kafka record key: "portal|connector|line|chat_id".
 ChatKey: TypeAlias = str
@@ -18,7 +19,7 @@ def chat_key(portal: str, connector: str, line: int, chat_id: str) -> ChatKey:
     return f"{portal}|{connector}|{line}|{chat_id}"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ExternalUser:
     """The customer on the external side (`MESSAGES[].user`)."""
 
@@ -32,7 +33,7 @@ class ExternalUser:
     phone: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class File:
     """An attachment Bitrix24 downloads from `url`."""
 
@@ -40,7 +41,7 @@ class File:
     name: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ChatRenamed:
     """The external chat got a new title: `imconnector.chat.name.set`."""
 
@@ -48,7 +49,7 @@ class ChatRenamed:
     kind: Literal["ChatRenamed"] = "ChatRenamed"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class MessageSent:
     """A customer message: `imconnector.send.messages` (not idempotent on the portal)."""
 
@@ -62,7 +63,7 @@ class MessageSent:
     kind: Literal["MessageSent"] = "MessageSent"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class MessageEdited:
     """A customer edited a message: `imconnector.update.messages`."""
 
@@ -72,7 +73,7 @@ class MessageEdited:
     kind: Literal["MessageEdited"] = "MessageEdited"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class MessageDeleted:
     """A customer deleted a message: `imconnector.delete.messages`."""
 
@@ -80,7 +81,7 @@ class MessageDeleted:
     kind: Literal["MessageDeleted"] = "MessageDeleted"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class DeliveryConfirmed:
     """An operator message reached the customer: `imconnector.send.status.delivery`."""
 
@@ -91,7 +92,7 @@ class DeliveryConfirmed:
     kind: Literal["DeliveryConfirmed"] = "DeliveryConfirmed"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ReadConfirmed:
     """The customer read an operator message: `imconnector.send.status.reading`."""
 
@@ -115,7 +116,7 @@ PAYLOAD_KINDS: tuple[str, ...] = (
 )
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ChatEvent:
     """One decoded chat event (architecture §2)."""
 

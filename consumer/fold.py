@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from consumer.events import ChatEvent, MessageDeleted, MessageEdited
+from consumer.frozen import frozen
 from consumer.mapping import RENAME, SEND, element_for
 from consumer.ordering import forget_event_id
 from consumer.state import IN_FLIGHT, QUEUED, ChatState, PendingCall
@@ -35,7 +36,7 @@ class FoldConfig:
     send_status_reading: bool = True
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Outcome:
     """The final fate of one event: what the outcomes topic records and metrics count.
 
