@@ -56,6 +56,7 @@ BASE_MS = 1_760_000_000_000  # event times start here: the workload is the same 
 
 # Targets (2-core machine).
 TARGET_EPS = 5_000
+DUPLICATE_RATE = 0.1  # of the generated workload: a second copy of that share of events
 QUIET_RATE = 20.0  # events/s of the low-rate latency run: most portals, most of the day
 AIM_EPS = 20_000
 TARGET_SPEEDUP = 20.0
@@ -442,7 +443,7 @@ def make_workload(events: int, chats: int, seed: int, chat_prefix: str = "chat")
         for i in range(chats)
     ]
     unique = sum(len(s) for s in scripts)
-    ordered = interleave(scripts, rng, duplicate_rate=0.1, reorder_rate=0.1)
+    ordered = interleave(scripts, rng, duplicate_rate=DUPLICATE_RATE, reorder_rate=0.1)
     encoder = ChatEventEncoder("single-object")
     encoded: dict[str, bytes] = {}
     records = []
@@ -1287,7 +1288,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     # The 0 ms row passes only on a finished run, so the budget must let a service at the
     # target rate finish: a fixed 60 s asked 5,487 events/s of the 329,244-record default
     # workload (events + 10 % duplicates).
-    records = args.events * 1.1
+    records = args.events * (1 + DUPLICATE_RATE)
     args.engine_budget = args.engine_budget or (
         30.0 if quick else max(60.0, records / TARGET_EPS / 0.8)
     )

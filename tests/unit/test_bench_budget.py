@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from ops.bench.run import TARGET_EPS, parse_args
+from ops.bench.run import DUPLICATE_RATE, TARGET_EPS, parse_args
 
 
 @pytest.mark.parametrize("events", [None, 100_000, 300_000, 1_000_000])
 def test_a_run_at_the_target_rate_finishes_within_the_default_budget(events: int | None) -> None:
     args = parse_args([] if events is None else ["--events", str(events)])
-    records = args.events * 1.1  # the workload adds 10 % duplicates
+    records = args.events * (1 + DUPLICATE_RATE)
     assert args.engine_budget >= 60.0
     assert args.engine_budget * TARGET_EPS >= records, (args.engine_budget, records)
 

@@ -309,16 +309,13 @@ def test_100k_random_and_mutated_payloads_give_only_poison_and_in_flat_memory():
     per_mutator: Counter[str] = Counter()
     outcomes: Counter[str] = Counter()
     failures: list[str] = []
-    slowest = (0.0, b"")
 
     def run(count: int) -> None:
-        nonlocal slowest
         for _ in range(count):
             base, header = rng.choice(BASES)
             mutate = rng.choice(MUTATORS)
             value, expected = mutate(rng, base, header)
             per_mutator[mutate.__name__] += 1
-            started = time.perf_counter()
             try:
                 outcomes[_check(decoder, value, expected)] += 1
             except Exception as exc:  # noqa: BLE001 - collected with the input that caused it
@@ -326,9 +323,6 @@ def test_100k_random_and_mutated_payloads_give_only_poison_and_in_flat_memory():
                     failures.append(
                         f"{mutate.__name__}: {type(exc).__name__}: {exc} <- {value[:300].hex()}"
                     )
-            elapsed = time.perf_counter() - started
-            if elapsed > slowest[0]:
-                slowest = (elapsed, value)
 
     run(2_000)  # warm-up: fastavro's and the decoder's caches settle before measuring
     gc.collect()
@@ -345,8 +339,8 @@ def test_100k_random_and_mutated_payloads_give_only_poison_and_in_flat_memory():
         tracemalloc.stop()
 
     print(
-        f"\n{PAYLOADS} payloads in {duration:.1f}s (traced); slowest decode "
-        f"{slowest[0] * 1000:.1f} ms; memory {before} -> {after} B, peak +{peak - before} B; "
+        f"\n{PAYLOADS} payloads in {duration:.1f}s (traced); "
+        f"memory {before} -> {after} B, peak +{peak - before} B; "
         f"outcomes {dict(outcomes.most_common())}"
     )
     assert not failures, "\n".join(failures)
