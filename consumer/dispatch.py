@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Self
+from typing import Any, Protocol, Self
 
 from consumer.bitrix.classify import batch_results, element_result_data, element_results
 from consumer.bitrix.client import BitrixClient
@@ -88,6 +88,32 @@ class BatchDone:
     results: list[CallResult] = field(default_factory=list)
 
 
+class DispatchPort(Protocol):
+    """What the engine needs of a dispatcher: `Dispatcher` (a thread of this process) and
+    `ProcessDispatcher` (a child process) both are one, and so is a test's wrapper around
+    either (the compiled engine takes no patched methods; see consumer/native.py)."""
+
+    @property
+    def in_flight(self) -> int: ...
+
+    @property
+    def lost(self) -> bool: ...
+
+    def start(self) -> None: ...
+
+    def submit(self, batch: Batch) -> None: ...
+
+    def drain(self) -> list[BatchDone]: ...
+
+    def wait(self, timeout: float) -> bool: ...
+
+    def stop(self, timeout: float = 5.0) -> None: ...
+
+    def portal_has_capacity(self, portal: str) -> bool: ...
+
+    def rename_batch_limit(self, portal: str) -> int: ...
+
+
 def _params(batch: Batch, elements: list[dict[str, Any]]) -> dict[str, Any]:
     if batch.method in BATCHABLE:
         return {"CONNECTOR": batch.connector, "LINE": batch.line, "MESSAGES": elements}
@@ -117,7 +143,7 @@ class Dispatcher:
         self._operating_limit = operating_limit
         self._done: queue.SimpleQueue[BatchDone] = queue.SimpleQueue()
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._run_loop, name="dispatch", daemon=True)
+        self._loop_thread = threading.Thread(target=self._run_loop, name="dispatch", daemon=True)
         self._semaphore: asyncio.Semaphore | None = None
         self._limiters: dict[str, PortalRateLimiter] = {}
         self._budgets: dict[str, OperatingBudget] = {}
@@ -152,7 +178,7 @@ class Dispatcher:
     # -- engine side (any thread) ------------------------------------------------------
     def start(self) -> None:
         """Start the loop thread and build the HTTP client on it."""
-        self._thread.start()
+        self._loop_thread.start()
         asyncio.run_coroutine_threadsafe(self._setup(), self._loop).result(timeout=30)
 
     def submit(self, batch: Batch) -> None:
@@ -191,7 +217,7 @@ class Dispatcher:
 
     def stop(self, timeout: float = 5.0) -> None:
         """Cancel what is left and stop the loop thread."""
-        if not self._thread.is_alive():
+        if not self._loop_thread.is_alive():
             if not self._loop.is_closed() and not self._loop.is_running():
                 self._loop.close()  # never started (the engine stopped before assignment)
             return
@@ -201,8 +227,8 @@ class Dispatcher:
         except Exception:  # noqa: BLE001 - best effort on the way out
             logger.warning("dispatcher did not shut down cleanly")
         self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=timeout)
-        if not self._thread.is_alive():
+        self._loop_thread.join(timeout=timeout)
+        if not self._loop_thread.is_alive():
             self._loop.close()
 
     def portal_has_capacity(self, portal: str) -> bool:

@@ -97,6 +97,10 @@ def _unframe(data: bytes | bytearray) -> list[Any]:
     return list(pickle.loads(memoryview(data)[1:]))  # noqa: S301
 
 
+# `python -c`, not `-m`: a module compiled by mypyc has no code object for `-m` to run.
+_CHILD_MAIN = "import sys; from consumer.dispatch_process import main; sys.exit(main(sys.argv))"
+
+
 class ProcessDispatcher:
     """The engine's side: `Dispatcher`'s surface, the requests in a child process."""
 
@@ -132,8 +136,8 @@ class ProcessDispatcher:
             self._proc = subprocess.Popen(
                 [
                     sys.executable,
-                    "-m",
-                    "consumer.dispatch_process",
+                    "-c",
+                    _CHILD_MAIN,
                     str(theirs.fileno()),
                     str(os.getpid()),
                 ],
@@ -365,16 +369,21 @@ class _RelayedMetric:
 class _ChildDispatcher(Dispatcher):
     """The dispatcher on the child's main thread, answering over the socket."""
 
-    def __init__(
-        self, *args: Any, writer: asyncio.StreamWriter, relay: MetricsRelay, **kwargs: Any
-    ) -> None:
-        super().__init__(*args, **kwargs)
+    # Set by `attach`, not by an `__init__` of its own: mypyc's compiled `__init__`
+    # mishandles extra keyword arguments passed on through `super().__init__(**kwargs)`.
+    _writer: asyncio.StreamWriter
+    _relay: MetricsRelay
+    _ids: dict[int, int]  # id(batch) -> the engine's id for it
+    _status: Any
+
+    def attach(self, writer: asyncio.StreamWriter, relay: MetricsRelay) -> None:
+        """Run on the caller's (running) loop and answer over `writer`."""
         self._loop.close()  # the loop of its own it made: here it runs on the caller's
         self._loop = asyncio.get_running_loop()
         self._writer = writer
         self._relay = relay
-        self._ids: dict[int, int] = {}  # id(batch) -> the engine's id for it
-        self._status: Any = None
+        self._ids = {}
+        self._status = None
 
     def submit_local(self, rid: int, batch: Batch) -> None:
         self._ids[id(batch)] = rid
@@ -476,17 +485,13 @@ def _child_dispatcher(
     from consumer.kafka_io import token_store_for
 
     store = token_store_for(settings, in_memory=memory_tokens)
-    return _ChildDispatcher.from_settings(
-        settings,
-        relay,  # type: ignore[arg-type]
-        store,
-        writer=writer,
-        relay=relay,
-    )
+    dispatcher = _ChildDispatcher.from_settings(settings, relay, store)  # type: ignore[arg-type]
+    dispatcher.attach(writer, relay)
+    return dispatcher
 
 
 def main(argv: list[str]) -> int:
-    """`python -m consumer.dispatch_process FD PARENT_PID` (spawned by the engine only)."""
+    """The child's entry point, `main([_, FD, PARENT_PID])` (spawned by the engine only)."""
     fd, parent = int(argv[1]), int(argv[2])
     _die_with_parent(parent)
     # A terminal's Ctrl-C reaches the whole process group: the engine decides when to stop.
@@ -499,7 +504,3 @@ def main(argv: list[str]) -> int:
     finally:
         loop.close()
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv))

@@ -25,8 +25,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from consumer.codec import ChatEventDecoder, SchemaRegistryClient
-from consumer.dispatch import Batch, BatchDone, Dispatcher
-from consumer.dispatch_process import ProcessDispatcher
+from consumer.dispatch import Batch, BatchDone, DispatchPort
 from consumer.errors import PoisonRecord, RegistryUnavailable
 from consumer.events import ChatEvent
 from consumer.fold import (
@@ -224,15 +223,19 @@ class Engine:
         self,
         settings: Settings,
         metrics: Metrics,
-        dispatcher: Dispatcher | ProcessDispatcher,
+        dispatcher: DispatchPort,
         *,
         clock: Callable[[], float] = time.time,
         create_sources: bool = False,
+        producer_factory: Callable[[dict[str, Any]], Producer] = Producer,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
         self.dispatcher = dispatcher
         self.clock = clock
+        # The transactional producer's maker: a test passes a subclass that watches
+        # the transactions (this class is compiled by mypyc: no patched methods).
+        self._producer_factory = producer_factory
         self._create_sources = create_sources
         engine = settings.engine
         self.fold_config = FoldConfig(
@@ -301,7 +304,7 @@ class Engine:
         self.dispatcher.start()
         try:
             producer_conf = producer_config(settings)
-            self._producer = Producer(producer_conf)
+            self._producer = self._producer_factory(producer_conf)
             # librdkafka's queue limit (100,000 unless configured): a batch goes in whole.
             self._queue_room = int(producer_conf.get("queue.buffering.max.messages", 100_000))
             self._chunk = max(1, min(PRODUCE_CHUNK, self._queue_room // 2))

@@ -9,7 +9,6 @@ by `event_id` over the chat's last `dedup_window` ids.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Generic, Literal, TypeVar
 
 from consumer.events import ChatEvent
@@ -62,13 +61,17 @@ def forget_event_id(state: ChatState, event_id: str) -> None:
         state.recent_ids.remove(event_id)
 
 
-@dataclass(slots=True)
+# ReorderBuffer and Offer are plain classes, not dataclasses: mypyc cannot compile a
+# generic dataclass (its class object refuses the attributes `dataclass` sets).
 class ReorderBuffer(Generic[T]):
     """Events of one chat that arrived ahead of a sequence gap, by sequence."""
 
-    capacity: int
-    held: dict[int, T] = field(default_factory=dict)
-    since_ms: int = 0  # when the current gap was first seen
+    __slots__ = ("capacity", "held", "since_ms")
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.held: dict[int, T] = {}
+        self.since_ms = 0  # when the current gap was first seen
 
     def __len__(self) -> int:
         return len(self.held)
@@ -105,14 +108,16 @@ class ReorderBuffer(Generic[T]):
         return [self.held.pop(seq) for seq in sorted(stale)]
 
 
-@dataclass(slots=True)
 class Offer(Generic[T]):
     """What offering one event (or letting time pass) did to a chat's lane."""
 
-    ready: list[tuple[T, Admission]] = field(default_factory=list)  # apply in this order
-    held: list[T] = field(default_factory=list)  # newly waiting for a gap
-    released: list[T] = field(default_factory=list)  # waited, now in `ready`
-    gaps: list[tuple[int, int]] = field(default_factory=list)  # missing ranges given up on
+    __slots__ = ("gaps", "held", "ready", "released")
+
+    def __init__(self) -> None:
+        self.ready: list[tuple[T, Admission]] = []  # apply in this order
+        self.held: list[T] = []  # newly waiting for a gap
+        self.released: list[T] = []  # waited, now in `ready`
+        self.gaps: list[tuple[int, int]] = []  # missing ranges given up on
 
 
 class Lane(Generic[T]):

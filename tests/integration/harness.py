@@ -155,10 +155,19 @@ def make_settings(
 class EngineThread:
     """An engine running in a background thread with its own metrics registry."""
 
-    def __init__(self, settings: Settings, token_store: TokenStore | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        token_store: TokenStore | None = None,
+        build: Callable[[Settings, Metrics], Engine] | None = None,
+    ) -> None:
         self.metrics = Metrics(CollectorRegistry())
-        self.engine: Engine = build_engine(
-            settings, self.metrics, token_store=token_store, memory_tokens=token_store is None
+        self.engine: Engine = (
+            build(settings, self.metrics)
+            if build is not None
+            else build_engine(
+                settings, self.metrics, token_store=token_store, memory_tokens=token_store is None
+            )
         )
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)

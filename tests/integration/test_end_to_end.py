@@ -13,10 +13,11 @@ from typing import Any
 
 import orjson
 import pytest
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import KafkaError, KafkaException, Producer
 
 from consumer.codec import ChatEventEncoder, SchemaRegistryClient
 from consumer.dispatch import Batch
+from consumer.dispatch_process import ProcessDispatcher
 from consumer.engine import Engine
 from consumer.events import (
     ChatEvent,
@@ -29,6 +30,8 @@ from consumer.events import (
     ReadConfirmed,
 )
 from consumer.mapping import BATCHABLE, SEND
+from consumer.metrics import Metrics
+from consumer.settings import Settings
 from consumer.state import IN_FLIGHT
 from tests.integration.harness import (
     CONNECTOR,
@@ -235,10 +238,13 @@ class LedgerWatch:
     whether every call handed to the dispatcher is marked in flight in its chat's committed
     state. With `abort_every`, every such commit made while requests are out fails as an
     abortable error would (e.g. ILLEGAL_GENERATION in a rebalance), once the loop has made
-    records for the next transaction (their completions' outcomes)."""
+    records for the next transaction (their completions' outcomes).
 
-    def __init__(self, engine: Engine, changelog: str, abort_every: int = 0) -> None:
-        self.engine = engine
+    It watches through what the engine is given (`build`): a producer subclass and a
+    wrapper around its dispatcher. The engine is compiled by mypyc, whose instances take
+    no patched methods."""
+
+    def __init__(self, changelog: str, abort_every: int = 0) -> None:
         self.changelog = changelog
         self.abort_every = abort_every
         self.submitted: Counter[str] = Counter()
@@ -247,48 +253,63 @@ class LedgerWatch:
         # Chat states as handed to the open transaction, and as last committed.
         self.made: dict[tuple[int, bytes], bytes | None] = {}
         self.committed: dict[tuple[int, bytes], bytes | None] = {}
-        self._produce, self._commit = engine._produce, engine._commit_transaction
-        self._submit = engine.dispatcher.submit
-        engine._produce = self.produce  # type: ignore[method-assign,assignment]
-        engine._commit_transaction = self.commit_transaction  # type: ignore[method-assign]
-        engine.dispatcher.submit = self.submit  # type: ignore[method-assign]
+        self.engine: Engine | None = None
 
-    def produce(
-        self,
-        topic: str,
-        key: bytes,
-        value: bytes | None,
-        headers: Any,
-        partition: int | None = None,
-        replay: bool = True,
-    ) -> None:
-        if topic == self.changelog and partition is not None:
-            self.made[(partition, key)] = value
-        self._produce(topic, key, value, headers, partition, replay)
+    def build(self, settings: Settings, metrics: Metrics) -> Engine:
+        """What `build_engine` makes (a dispatch process, tokens in memory), watched."""
+        watch = self
 
-    def commit_transaction(self, offsets: list[Any], group: object) -> float:
-        # On the committer thread; the loop makes no changelog record meanwhile.
-        carried = dict(self.made)
-        self.made.clear()
+        class WatchedProducer(Producer):
+            def produce_batch(self, topic: str, records: list[Any], **kwargs: Any) -> int:
+                if topic == watch.changelog and "partition" in kwargs:
+                    for record in records:
+                        watch.made[(kwargs["partition"], record["key"])] = record["value"]
+                return super().produce_batch(topic, records, **kwargs)
+
+            def commit_transaction(self, *args: Any) -> None:
+                watch.before_commit()
+                carried = dict(watch.made)
+                watch.made.clear()
+                super().commit_transaction(*args)
+                watch.committed.update(carried)
+
+        class WatchedDispatcher:
+            def __init__(self, inner: ProcessDispatcher) -> None:
+                self.inner = inner
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(self.inner, name)
+
+            def submit(self, batch: Batch) -> None:
+                watch.check_marks(batch)
+                self.inner.submit(batch)
+
+        assert settings.engine.dispatch == "process"
+        dispatcher = WatchedDispatcher(ProcessDispatcher(settings, metrics, memory_tokens=True))
+        self.engine = Engine(settings, metrics, dispatcher, producer_factory=WatchedProducer)
+        return self.engine
+
+    def before_commit(self) -> None:
+        """On the committer thread, once the records are flushed; the loop makes no
+        changelog record meanwhile."""
+        engine = self.engine
+        assert engine is not None
         self.commits += 1
-        out = self.engine.dispatcher.in_flight > 0
+        out = engine.dispatcher.in_flight > 0
         self.candidates += out
         if out and self.abort_every and self.candidates % self.abort_every == 0:
+            self.made.clear()  # an aborted transaction commits none of them
             deadline = time.monotonic() + 2.0
-            while not self.engine._txn_outputs and time.monotonic() < deadline:
+            while not engine._txn_outputs and time.monotonic() < deadline:
                 time.sleep(0.001)  # until an outcome waits for the next transaction
             self.aborted += 1
-            self.aborted_with_newer += bool(self.engine._txn_outputs)
-            assert self.engine._producer is not None
-            self.engine._producer.flush(30)  # fail where the offsets would: after the flush
+            self.aborted_with_newer += bool(engine._txn_outputs)
+            # Fails where the offsets would: after the flush (the engine flushed them).
             raise KafkaException(
                 KafkaError(KafkaError.ILLEGAL_GENERATION, "injected", txn_requires_abort=True)
             )
-        finished = self._commit(offsets, group)
-        self.committed.update(carried)
-        return finished
 
-    def submit(self, batch: Batch) -> None:
+    def check_marks(self, batch: Batch) -> None:
         for (chat, call), (_, partition, _) in zip(batch.calls, batch.routes, strict=True):
             state = self.committed.get((partition, chat.encode()))
             # A waiting call's entry in its chat's record: [offset, status, attempts, ...]
@@ -298,7 +319,6 @@ class LedgerWatch:
             if mark is None or mark[1:3] != [IN_FLIGHT, call.attempts]:
                 self.uncommitted.append((batch.method, call.event_id))
         self.submitted[batch.method] += 1
-        self._submit(batch)
 
 
 def test_no_request_leaves_before_its_in_flight_mark_is_committed(
@@ -310,8 +330,8 @@ def test_no_request_leaves_before_its_in_flight_mark_is_committed(
     topic = topic_factory(2)
     _, events = shuffled_workload(8, 120, 3, 10)
     settings = make_settings(kafka_bootstrap, topic, unique("g"), sim)
-    running = EngineThread(settings)
-    ledger = LedgerWatch(running.engine, settings.changelog_topic(topic))
+    ledger = LedgerWatch(settings.changelog_topic(topic))
+    running = EngineThread(settings, build=ledger.build)
     with running, OutcomeWatcher(kafka_bootstrap, f"{topic}.outcomes") as outcomes:
         produce(kafka_bootstrap, topic, events, [ChatEventEncoder("single-object")])
         ids = {e.event_id for e in events}
@@ -332,9 +352,9 @@ def test_an_aborted_transaction_is_written_again_ahead_of_what_came_after(
     topic = topic_factory(2)
     scripts, events = shuffled_workload(9, 300, 3, 10)
     settings = make_settings(kafka_bootstrap, topic, unique("g"), sim)
-    running = EngineThread(settings)
     changelog = settings.changelog_topic(topic)
-    ledger = LedgerWatch(running.engine, changelog, abort_every=2)
+    ledger = LedgerWatch(changelog, abort_every=2)
+    running = EngineThread(settings, build=ledger.build)
     with running, OutcomeWatcher(kafka_bootstrap, f"{topic}.outcomes") as outcomes:
         produce(kafka_bootstrap, topic, events, [ChatEventEncoder("single-object")])
         ids = {e.event_id for e in events}
