@@ -23,6 +23,7 @@ from consumer.codec import ChatEventEncoder, SchemaRegistryClient
 from consumer.engine import Engine
 from consumer.health import OpsServer
 from consumer.metrics import Metrics
+from consumer.native import usable
 from consumer.service import build_engine
 from consumer.settings import Settings
 from consumer.workload import chat_script, interleave
@@ -73,7 +74,7 @@ def run_demo(bootstrap: str, duration: float, chats: int, rate: float, http_port
             "http_port": http_port,
         }
     )
-    metrics = Metrics(version=__version__)
+    metrics = Metrics(version=__version__, build=usable().label)
     engine = build_engine(settings, metrics, memory_tokens=True, create_sources=True)
     ops = OpsServer(metrics, lambda: engine.ready, host="127.0.0.1", port=http_port).start()
     stop = threading.Event()

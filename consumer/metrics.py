@@ -35,14 +35,23 @@ _BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200)
 class Metrics:
     """The service's metrics, registered on `registry` (a fresh one per test)."""
 
-    def __init__(self, registry: CollectorRegistry | None = None, version: str = "0") -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        version: str = "0",
+        build: str = "interpreted",
+    ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         p = PREFIX
         self.build_info = Gauge(
-            f"{p}_build_info", "Always 1; labels carry the version.", ["version"], registry=r
+            f"{p}_build_info",
+            "Always 1; labels carry the version and the build (compiled by mypyc or "
+            "interpreted, see consumer/native.py).",
+            ["version", "build"],
+            registry=r,
         )
-        self.build_info.labels(version=version).set(1)
+        self.build_info.labels(version=version, build=build).set(1)
         self.events_consumed = Counter(
             f"{p}_events_consumed_total", "Records read from source topics.", ["topic"], registry=r
         )

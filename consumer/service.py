@@ -16,6 +16,7 @@ from consumer.errors import DispatchLost
 from consumer.health import OpsServer
 from consumer.kafka_io import token_store_for
 from consumer.metrics import Metrics
+from consumer.native import usable
 from consumer.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -49,8 +50,15 @@ def build_engine(
 
 def run_service(settings: Settings) -> int:
     """Run until SIGTERM/SIGINT; drain within the grace period; return the exit code."""
-    metrics = Metrics(version=__version__)
+    native = usable()
+    metrics = Metrics(version=__version__, build=native.label)
     engine = build_engine(settings, metrics)
+    logger.info(
+        "imconnector-consumer %s, %s (%d modules compiled by mypyc)",
+        __version__,
+        native.label,
+        len(native.compiled),
+    )
     ops = OpsServer(
         metrics, lambda: engine.ready, host=settings.http_host, port=settings.http_port
     ).start()

@@ -41,6 +41,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from consumer.codec import ChatEventEncoder
 from consumer.events import ChatEvent
 from consumer.mapping import BATCHABLE, RENAME, SEND
+from consumer.native import status as native_status
 from consumer.settings import EngineSettings
 from consumer.workload import chat_script, interleave
 from ops.bench.naive import NaiveConsumer, NaiveResult, request_params
@@ -1316,6 +1317,14 @@ def main(argv: list[str] | None = None) -> int:
         sim = Simulator(workdir)
         bench = Bench(args, run_id, workdir, admin, sim, extra_env, batch_size)
         try:
+            native = native_status()
+            log(
+                f"run {run_id}: the service runs {native.label} "
+                f"({len(native.compiled)} modules compiled by mypyc, consumer/native.py)"
+            )
+            if native.problem is not None:
+                log(native.problem)
+                return 2
             log(f"run {run_id}: generating {args.events:,} events over {args.chats:,} chats")
             workload = make_workload(args.events, args.chats, args.seed)
             topic = f"{run_id}-workload"

@@ -184,8 +184,12 @@ def rows() -> list[Row]:
                 ),
                 stat(
                     "Version",
-                    "Service versions running (imconnector_build_info).",
-                    Target(f"count by (version) (imconnector_build_info{{{SEL}}})", "{{version}}"),
+                    "Service versions running, and whether their per-record path is "
+                    "compiled (imconnector_build_info; README: the two commands).",
+                    Target(
+                        f"count by (version, build) (imconnector_build_info{{{SEL}}})",
+                        "{{version}} {{build}}",
+                    ),
                     text_mode="name",
                 ),
             ],

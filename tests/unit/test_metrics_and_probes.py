@@ -52,7 +52,7 @@ def test_known_label_values_start_at_zero_and_process_metrics_exist():
     get = metrics.registry.get_sample_value
     assert get("imconnector_dead_letters_total", {"error_class": "exhausted"}) == 0
     assert get("imconnector_token_refreshes_total", {"result": "failed"}) == 0
-    assert get("imconnector_build_info", {"version": "9.9"}) == 1
+    assert get("imconnector_build_info", {"version": "9.9", "build": "interpreted"}) == 1
     assert get("process_start_time_seconds") is not None
 
 
