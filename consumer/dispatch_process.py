@@ -43,6 +43,7 @@ import orjson
 
 from consumer.dispatch import BATCH_LIMIT, Batch, BatchDone, CallResult, Dispatcher
 from consumer.errors import ConfigError, DispatchLost
+from consumer.gctune import tune as tune_gc
 from consumer.logs import logging_setup, setup_logging
 from consumer.metrics import Metrics
 from consumer.settings import Settings
@@ -494,6 +495,7 @@ def main(argv: list[str]) -> int:
     """The child's entry point, `main([_, FD, PARENT_PID])` (spawned by the engine only)."""
     fd, parent = int(argv[1]), int(argv[2])
     _die_with_parent(parent)
+    tune_gc()
     # A terminal's Ctrl-C reaches the whole process group: the engine decides when to stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -13,6 +13,7 @@ from consumer.dispatch import Dispatcher
 from consumer.dispatch_process import ProcessDispatcher
 from consumer.engine import Engine
 from consumer.errors import DispatchLost
+from consumer.gctune import tune as tune_gc
 from consumer.health import OpsServer
 from consumer.kafka_io import token_store_for
 from consumer.metrics import Metrics
@@ -51,13 +52,15 @@ def build_engine(
 def run_service(settings: Settings) -> int:
     """Run until SIGTERM/SIGINT; drain within the grace period; return the exit code."""
     native = usable()
+    thresholds = tune_gc()
     metrics = Metrics(version=__version__, build=native.label)
     engine = build_engine(settings, metrics)
     logger.info(
-        "imconnector-consumer %s, %s (%d modules compiled by mypyc)",
+        "imconnector-consumer %s, %s (%d modules compiled by mypyc), GC thresholds %s",
         __version__,
         native.label,
         len(native.compiled),
+        thresholds,
     )
     ops = OpsServer(
         metrics, lambda: engine.ready, host=settings.http_host, port=settings.http_port

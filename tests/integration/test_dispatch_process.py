@@ -15,6 +15,7 @@ import pytest
 
 from consumer.codec import ChatEventEncoder
 from consumer.errors import DispatchLost
+from consumer.gctune import THRESHOLDS
 from tests.integration.harness import (
     PORTAL,
     EngineThread,
@@ -137,7 +138,10 @@ def test_the_service_exits_when_its_dispatch_process_dies_and_the_restart_finish
     assert check_calls(sim, scripts, ambiguous) <= sum(ambiguous.values())
 
 
-def test_the_dispatch_process_dies_with_the_service(kafka_bootstrap, topic_factory, unique, sim):
+def test_the_dispatch_process_dies_with_the_service(
+    kafka_bootstrap, topic_factory, unique, sim, tmp_path
+):
+    """Also: the service starts with its own GC thresholds (consumer/gctune.py)."""
     topic = topic_factory(1)
     settings = make_settings(kafka_bootstrap, topic, unique("g"), sim)
     env = {
@@ -151,12 +155,11 @@ def test_the_dispatch_process_dies_with_the_service(kafka_bootstrap, topic_facto
         "IMCONNECTOR_SCHEMA_REGISTRY_URL": f"{sim.url}/registry",
         "IMCONNECTOR_PORTALS": json.dumps({PORTAL: portal_settings(sim)}),
     }
-    service = subprocess.Popen(
-        [sys.executable, "-m", "consumer", "run"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    log_path = tmp_path / "service.log"
+    with log_path.open("wb") as log:
+        service = subprocess.Popen(
+            [sys.executable, "-m", "consumer", "run"], env=env, stdout=log, stderr=log
+        )
     try:
         children = wait_until(
             lambda: [
@@ -165,6 +168,8 @@ def test_the_dispatch_process_dies_with_the_service(kafka_bootstrap, topic_facto
             60,
             "the dispatch process to start",
         )
+        # Logged before the engine starts, so before its dispatch process exists.
+        assert f"GC thresholds {THRESHOLDS}" in log_path.read_text(), log_path.read_text()
         service.send_signal(signal.SIGKILL)
         service.wait(30)
         wait_until(lambda: _dead(children[0]), 30, "the dispatch process to die with the service")
