@@ -21,11 +21,9 @@ from confluent_kafka import Producer
 from consumer import __version__
 from consumer.codec import ChatEventEncoder, SchemaRegistryClient
 from consumer.engine import Engine
-from consumer.gctune import tune as tune_gc
 from consumer.health import OpsServer
 from consumer.metrics import Metrics
-from consumer.native import usable
-from consumer.service import build_engine
+from consumer.service import build_engine, process_metrics
 from consumer.settings import Settings
 from consumer.workload import chat_script, interleave
 
@@ -75,8 +73,7 @@ def run_demo(bootstrap: str, duration: float, chats: int, rate: float, http_port
             "http_port": http_port,
         }
     )
-    tune_gc()
-    metrics = Metrics(version=__version__, build=usable().label)
+    metrics = process_metrics()
     engine = build_engine(settings, metrics, memory_tokens=True, create_sources=True)
     ops = OpsServer(metrics, lambda: engine.ready, host="127.0.0.1", port=http_port).start()
     stop = threading.Event()

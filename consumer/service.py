@@ -49,12 +49,12 @@ def build_engine(
     return Engine(settings, metrics, dispatcher, create_sources=create_sources)
 
 
-def run_service(settings: Settings) -> int:
-    """Run until SIGTERM/SIGINT; drain within the grace period; return the exit code."""
+def process_metrics() -> Metrics:
+    """What a process that runs an engine (the service, the demo) does first: refuse a
+    stale compiled build, set the collector's thresholds, and make its metrics, labelled
+    with the build."""
     native = usable()
     thresholds = tune_gc()
-    metrics = Metrics(version=__version__, build=native.label)
-    engine = build_engine(settings, metrics)
     logger.info(
         "imconnector-consumer %s, %s (%d modules compiled by mypyc), GC thresholds %s",
         __version__,
@@ -62,6 +62,13 @@ def run_service(settings: Settings) -> int:
         len(native.compiled),
         thresholds,
     )
+    return Metrics(version=__version__, build=native.label)
+
+
+def run_service(settings: Settings) -> int:
+    """Run until SIGTERM/SIGINT; drain within the grace period; return the exit code."""
+    metrics = process_metrics()
+    engine = build_engine(settings, metrics)
     ops = OpsServer(
         metrics, lambda: engine.ready, host=settings.http_host, port=settings.http_port
     ).start()
