@@ -212,6 +212,10 @@ class Committing:
     done: Future[float]
 
 
+def _opened(lane: tuple[int, str, PartitionWork]) -> int:
+    return lane[0]
+
+
 def _pending_of(state: ChatState) -> int:
     return len(state.outbox) + (state.held_rename is not None)
 
@@ -466,11 +470,21 @@ class Engine:
                 self.settings.engine.dedup_window,
                 _event_of,
             )
-        self._offered(work, chat, state, lane, lane.offer(state, held, self._now_ms()))
+        offer = lane.offer(state, held, self._now_ms())
+        self._offered(work, chat, state, lane, offer, "chat_buffer_full")
 
     def _offered(
-        self, work: PartitionWork, chat: str, state: ChatState, lane: Lane[Held], offer: Offer[Held]
+        self,
+        work: PartitionWork,
+        chat: str,
+        state: ChatState,
+        lane: Lane[Held],
+        offer: Offer[Held],
+        reason: str,
     ) -> None:
+        """Apply what offering an event (or giving up a gap) did to a chat's lane; a gap
+        given up is logged and counted with `reason` (timeout, chat_buffer_full,
+        buffers_full)."""
         for item in offer.released:
             work.held_offsets.discard(item.offset)
         for item in offer.held:
@@ -481,12 +495,13 @@ class Engine:
             work.lanes.pop(chat, None)
         for first, last in offer.gaps:
             logger.warning(
-                "sequence gap %d..%d given up on",
+                "sequence gap %d..%d given up on (%s)",
                 first,
                 last,
+                reason,
                 extra={"chat": chat, "topic": work.topic, "partition": work.partition},
             )
-            self.metrics.sequence_gaps.inc()
+            self.metrics.sequence_gaps.labels(reason=reason).inc()
             self._produce_outcome(chat, outcome_gap(chat, f"{first}..{last}"))
         if offer.gaps or offer.ready:
             work.dirty.add(chat)
@@ -851,7 +866,7 @@ class Engine:
                     continue  # the missing event may be in the unread backlog
                 offer = lane.expire(state, now_ms, gap_ms, work.caught_up_ms)
                 if offer.gaps:
-                    self._offered(work, chat, state, lane, offer)
+                    self._offered(work, chat, state, lane, offer, "timeout")
             for chat in list(work.held_renames):
                 state = work.state(chat)
                 before = _pending_of(state)
@@ -893,24 +908,68 @@ class Engine:
 
     # -- backpressure ----------------------------------------------------------------------
     def _backpressure(self) -> None:
+        """Pause a partition whose calls pile up; resume it once they have drained.
+
+        Only calls waiting for a request (or in one) count: they drain whatever is read.
+        Events held for a sequence gap and renames held for their chat's first send wait
+        for records further on in the partition, so pausing on them would wait forever;
+        the held events are bounded by `_bound_held` instead."""
         assert self._consumer is not None
         if not self.parts:
             return
         limit = max(10, self.settings.engine.max_buffered_events // len(self.parts))
         pause, resume = [], []
         for work in self.parts.values():
-            load = work.pending + len(work.held_offsets)
-            if not work.paused and load >= limit:
+            calls = work.pending - len(work.held_renames)
+            if not work.paused and calls >= limit:
                 work.paused = True
                 pause.append(TopicPartition(work.topic, work.partition))
-            elif work.paused and load <= limit // 2 and not work.revoking:
+            elif work.paused and calls <= limit // 2 and not work.revoking:
                 work.paused = False
                 resume.append(TopicPartition(work.topic, work.partition))
         if pause:
             self._consumer.pause(pause)
+            self.metrics.partition_pauses.inc(len(pause))
         if resume:
             self._consumer.resume(resume)
         self.metrics.paused_partitions.set(sum(1 for w in self.parts.values() if w.paused))
+        self._bound_held()
+
+    def _bound_held(self) -> None:
+        """Keep the events held in reorder buffers under `max_buffered_events`: once they
+        reach it, give up the gaps open longest until a quarter of the room is free again
+        (their late events are dead-lettered when they come, like after a gap timeout)."""
+        limit = self.settings.engine.max_buffered_events
+        held = sum(len(work.held_offsets) for work in self.parts.values())
+        if held < limit:
+            return
+        logger.warning(
+            "%d events wait in reorder buffers (max_buffered_events %d): giving up the "
+            "gaps open longest",
+            held,
+            limit,
+        )
+        lanes = sorted(
+            (
+                (lane.buffer.since_ms, chat, work)
+                for work in self.parts.values()
+                if not work.revoking
+                for chat, lane in work.lanes.items()
+            ),
+            key=_opened,
+        )
+        now_ms = self._now_ms()
+        for _, chat, work in lanes:
+            if held <= limit * 3 // 4:
+                break
+            lane = work.lanes.get(chat)
+            if lane is None:
+                continue
+            before = len(work.held_offsets)
+            state = work.state(chat)
+            offer = lane.expire(state, now_ms, 0, now_ms)
+            self._offered(work, chat, state, lane, offer, "buffers_full")
+            held -= before - len(work.held_offsets)
 
     # -- commit --------------------------------------------------------------------------
     def _commit(self) -> bool:

@@ -233,7 +233,8 @@ def on_late(state: ChatState, call: PendingCall) -> list[Outcome]:
             call,
             "late",
             "SEQUENCE_GAP_EXPIRED",
-            "arrived after the gap timeout; later events of the chat were applied",
+            "arrived after its chat stopped waiting for it (gap timeout or full reorder "
+            "buffers); later events of the chat were applied",
         )
     ]
 

@@ -116,7 +116,9 @@ class Metrics:
         )
         self.sequence_gaps = Counter(
             f"{p}_sequence_gaps_total",
-            "Sequence gaps given up on after the gap timeout.",
+            "Sequence gaps given up on, by reason: timeout (gap_timeout_s), chat_buffer_full "
+            "(reorder_buffer_per_chat), buffers_full (max_buffered_events held).",
+            ["reason"],
             registry=r,
         )
         self.event_latency = Histogram(
@@ -176,6 +178,11 @@ class Metrics:
         )
         self.paused_partitions = Gauge(
             f"{p}_paused_partitions", "Partitions paused for backpressure.", registry=r
+        )
+        self.partition_pauses = Counter(
+            f"{p}_partition_pauses_total",
+            "Times a partition was paused because its calls piled up (backpressure).",
+            registry=r,
         )
         self.poll_heartbeat = Gauge(
             f"{p}_poll_loop_last_seen_timestamp_seconds",

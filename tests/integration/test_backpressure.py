@@ -1,0 +1,183 @@
+"""Backpressure against the real broker: a partition whose calls pile up pauses and
+resumes, and events held for a sequence gap never keep it paused (architecture §3).
+
+Both tests pre-produce their records before the engine starts, so its first read
+(`consume` takes at most 2,000 records) ends long before the events the held ones wait
+for: the pause happens with those events still unread.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from consumer.codec import ChatEventEncoder
+from consumer.events import ChatEvent, ChatRenamed, ExternalUser, MessageSent
+from consumer.simulator import SimulatorConfig, SimulatorServer
+from tests.integration.harness import (
+    CONNECTOR,
+    LINE,
+    PORTAL,
+    EngineThread,
+    applied_call_list,
+    make_settings,
+    produce,
+    read_all,
+    wait_until,
+)
+
+pytestmark = pytest.mark.kafka
+ENCODER = [ChatEventEncoder("single-object")]
+FIRST_READ = 2_000  # the most records one `consume` returns (Engine._iteration)
+
+
+@pytest.fixture
+def sim():
+    server = SimulatorServer(
+        SimulatorConfig(preset_lines=[(CONNECTOR, LINE)], rate_limit_enabled=False, seed=1)
+    ).start()
+    yield server
+    server.stop()
+
+
+def send(chat: str, seq: int) -> ChatEvent:
+    return event(chat, seq, MessageSent(f"{chat}-m{seq}", f"text {seq}"))
+
+
+def event(chat: str, seq: int, payload: MessageSent | ChatRenamed) -> ChatEvent:
+    return ChatEvent(
+        event_id=str(uuid.uuid4()),
+        portal=PORTAL,
+        connector=CONNECTOR,
+        line=LINE,
+        chat_id=chat,
+        occurred_at=1_764_000_000_000 + seq,
+        payload=payload,
+        sequence=seq,
+        user=ExternalUser(id=f"u-{chat}", name="Anna"),
+    )
+
+
+def gapped_workload(prefix: str, held: int) -> tuple[list[ChatEvent], list[str], int]:
+    """`held` chats whose second event comes first, then enough one-event chats to pile
+    up calls past the first read, then the held chats' first events."""
+    waiting = [f"{prefix}-h{i}" for i in range(held)]
+    filler = [send(f"{prefix}-f{i}", 1) for i in range(FIRST_READ)]
+    events = [send(chat, 2) for chat in waiting] + filler + [send(chat, 1) for chat in waiting]
+    return events, waiting, len(filler)
+
+
+def gaps(running: EngineThread, reason: str) -> float:
+    return (
+        running.metrics.registry.get_sample_value(
+            "imconnector_sequence_gaps_total", {"reason": reason}
+        )
+        or 0.0
+    )
+
+
+def test_events_held_for_a_gap_never_keep_a_paused_partition_paused(
+    kafka_bootstrap, topic_factory, unique, sim
+):
+    # 95 held events are above the resume mark (half of 100) but below the buffers'
+    # room: counted as load, they kept the partition paused after its calls drained,
+    # and the events they wait for were never read.
+    topic = topic_factory(1)
+    settings = make_settings(
+        kafka_bootstrap, topic, unique("g"), sim, engine={"max_buffered_events": 100}
+    )
+    events, waiting, filler = gapped_workload("bp", 95)
+    produce(kafka_bootstrap, topic, events, ENCODER)
+    with EngineThread(settings) as running:
+        wait_until(
+            lambda: running.outcome("applied") >= len(events),
+            120,
+            "every event applied (a paused partition read on)",
+        )
+        pauses = running.metrics.registry.get_sample_value("imconnector_partition_pauses_total")
+        assert pauses is not None and pauses >= 1  # the calls did pile up
+        assert sum(gaps(running, r) for r in ("timeout", "chat_buffer_full", "buffers_full")) == 0
+        assert running.outcome("dead_lettered") == 0
+    applied = applied_call_list(sim)
+    for chat in waiting:
+        assert [ident for _, ident in applied[chat]] == [
+            f"{chat}-m1:text 1",
+            f"{chat}-m2:text 2",
+        ], chat
+    assert sum(1 for chat in applied if chat.startswith("bp-f")) == filler
+
+
+def test_full_reorder_buffers_give_up_the_oldest_gaps_and_dead_letter_late_events(
+    kafka_bootstrap, topic_factory, unique, sim
+):
+    # 150 held events against room for 100: once 100 wait, the gaps open longest are
+    # given up until 75 wait, so between 51 (the last read brought the count from 99 to
+    # 150) and 75 chats move on without their first event, which is dead-lettered when
+    # it comes. The others wait and apply in order.
+    topic = topic_factory(1)
+    settings = make_settings(
+        kafka_bootstrap, topic, unique("g"), sim, engine={"max_buffered_events": 100}
+    )
+    events, waiting, _ = gapped_workload("full", 150)
+    produce(kafka_bootstrap, topic, events, ENCODER)
+    with EngineThread(settings) as running:
+        wait_until(
+            lambda: running.outcomes_total() >= len(events),
+            120,
+            "an outcome for every event",
+        )
+        given_up = gaps(running, "buffers_full")
+        assert 51 <= given_up <= 75, given_up
+        assert gaps(running, "timeout") == 0
+        assert running.outcome("dead_lettered") == given_up
+        assert running.outcome("applied") == len(events) - given_up
+    applied = applied_call_list(sim)
+    moved_on = []
+    for chat in waiting:
+        idents = [ident for _, ident in applied[chat]]
+        if idents == [f"{chat}-m2:text 2"]:
+            moved_on.append(chat)
+        else:
+            assert idents == [f"{chat}-m1:text 1", f"{chat}-m2:text 2"], chat
+    assert len(moved_on) == given_up
+    dead = read_all(kafka_bootstrap, settings.dlq_topic(topic), expect=int(given_up))
+    late = {
+        (dict(msg.headers() or ())["imconnector.error.code"], msg.key().decode()) for msg in dead
+    }
+    assert {code for code, _ in late} == {b"SEQUENCE_GAP_EXPIRED"}
+    assert {key.rsplit("|", 1)[-1] for _, key in late} == set(moved_on)
+
+
+def test_renames_held_for_their_first_send_never_keep_a_paused_partition_paused(
+    kafka_bootstrap, topic_factory, unique, sim
+):
+    # A rename waits for its chat's first send, which comes after the first read: the
+    # 95 held renames kept the partition paused (as pending calls) for the rename
+    # timeout, an hour by default.
+    topic = topic_factory(1)
+    settings = make_settings(
+        kafka_bootstrap, topic, unique("g"), sim, engine={"max_buffered_events": 100}
+    )
+    renamed = [f"rn-{i}" for i in range(95)]
+    events = (
+        [event(chat, 1, ChatRenamed(f"name of {chat}")) for chat in renamed]
+        + [send(f"rn-f{i}", 1) for i in range(FIRST_READ)]
+        + [send(chat, 2) for chat in renamed]
+    )
+    produce(kafka_bootstrap, topic, events, ENCODER)
+    with EngineThread(settings) as running:
+        wait_until(
+            lambda: running.outcome("applied") >= len(events),
+            120,
+            "every send and rename applied (a paused partition read on)",
+        )
+        pauses = running.metrics.registry.get_sample_value("imconnector_partition_pauses_total")
+        assert pauses is not None and pauses >= 1
+        assert running.outcome("dead_lettered") == 0
+    applied = applied_call_list(sim)
+    for chat in renamed:
+        assert applied[chat] == [
+            ("imconnector.send.messages", f"{chat}-m2:text 2"),
+            ("imconnector.chat.name.set", f"name of {chat}"),
+        ], chat
