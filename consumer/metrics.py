@@ -214,6 +214,8 @@ class Metrics:
             self.token_refreshes.labels(result=result)
         for result in ("committed", "aborted"):
             self.transactions.labels(result=result)
+        for reason in ("timeout", "chat_buffer_full", "buffers_full"):
+            self.sequence_gaps.labels(reason=reason)
 
 
 class DispatchProcessCollector(Collector):

@@ -284,15 +284,17 @@ def rows() -> list[Row]:
                 timeseries(
                     "Ambiguous sends and sequence gaps",
                     "Sends found in flight after a crash (unknown outcome), by policy, and "
-                    "sequence gaps given up on after the gap timeout.",
+                    "sequence gaps given up on, by reason (timeout, chat_buffer_full, "
+                    "buffers_full).",
                     Target(
                         "sum by (policy) "
                         f"(increase(imconnector_ambiguous_sends_total{{{SEL}}}[{RATE}]))",
                         "ambiguous {{policy}}",
                     ),
                     Target(
-                        f"sum(increase(imconnector_sequence_gaps_total{{{SEL}}}[{RATE}]))",
-                        "gaps",
+                        "sum by (reason) "
+                        f"(increase(imconnector_sequence_gaps_total{{{SEL}}}[{RATE}]))",
+                        "gaps {{reason}}",
                     ),
                 ),
                 timeseries(
@@ -344,7 +346,8 @@ def rows() -> list[Row]:
                 ),
                 timeseries(
                     "Assigned and paused partitions by pod",
-                    "Partitions per replica, and those paused for backpressure.",
+                    "Partitions per replica, those paused for backpressure (their calls "
+                    "piled up), and how many times partitions were paused.",
                     Target(
                         f"sum by (pod) (imconnector_assigned_partitions{{{SEL}}})",
                         "assigned {{pod}}",
@@ -352,6 +355,11 @@ def rows() -> list[Row]:
                     Target(
                         f"sum by (pod) (imconnector_paused_partitions{{{SEL}}})",
                         "paused {{pod}}",
+                    ),
+                    Target(
+                        "sum by (pod) "
+                        f"(increase(imconnector_partition_pauses_total{{{SEL}}}[{RATE}]))",
+                        "pauses {{pod}}",
                     ),
                 ),
                 timeseries(
