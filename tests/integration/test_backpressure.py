@@ -8,19 +8,17 @@ for: the pause happens with those events still unread.
 
 from __future__ import annotations
 
-import uuid
-
 import pytest
 
 from consumer.codec import ChatEventEncoder
-from consumer.events import ChatEvent, ChatRenamed, ExternalUser, MessageSent
+from consumer.events import ChatEvent, ChatRenamed, MessageSent
 from consumer.simulator import SimulatorConfig, SimulatorServer
 from tests.integration.harness import (
     CONNECTOR,
     LINE,
-    PORTAL,
     EngineThread,
     applied_call_list,
+    chat_event,
     make_settings,
     produce,
     read_all,
@@ -42,21 +40,7 @@ def sim():
 
 
 def send(chat: str, seq: int) -> ChatEvent:
-    return event(chat, seq, MessageSent(f"{chat}-m{seq}", f"text {seq}"))
-
-
-def event(chat: str, seq: int, payload: MessageSent | ChatRenamed) -> ChatEvent:
-    return ChatEvent(
-        event_id=str(uuid.uuid4()),
-        portal=PORTAL,
-        connector=CONNECTOR,
-        line=LINE,
-        chat_id=chat,
-        occurred_at=1_764_000_000_000 + seq,
-        payload=payload,
-        sequence=seq,
-        user=ExternalUser(id=f"u-{chat}", name="Anna"),
-    )
+    return chat_event(chat, seq, MessageSent(f"{chat}-m{seq}", f"text {seq}"))
 
 
 def gapped_workload(prefix: str, held: int) -> tuple[list[ChatEvent], list[str], int]:
@@ -161,7 +145,7 @@ def test_renames_held_for_their_first_send_never_keep_a_paused_partition_paused(
     )
     renamed = [f"rn-{i}" for i in range(95)]
     events = (
-        [event(chat, 1, ChatRenamed(f"name of {chat}")) for chat in renamed]
+        [chat_event(chat, 1, ChatRenamed(f"name of {chat}")) for chat in renamed]
         + [send(f"rn-f{i}", 1) for i in range(FIRST_READ)]
         + [send(chat, 2) for chat in renamed]
     )
