@@ -124,6 +124,7 @@ class PartitionWork:
     next_offset: int = -1
     committed: int = -1
     pending: int = 0  # calls in outboxes + held renames
+    crowded: set[str] = field(default_factory=set)  # outbox at max_buffered_per_chat
     paused: bool = False
     revoking: bool = False
     caught_up_ms: int = 0  # when the partition was last read to its end
@@ -216,6 +217,11 @@ def _opened(lane: tuple[int, str, PartitionWork]) -> int:
     return lane[0]
 
 
+def _outbox_of(work: PartitionWork, chat: str) -> int:
+    state = work.states.get(chat)
+    return len(state.outbox) if isinstance(state, ChatState) else 0
+
+
 def _pending_of(state: ChatState) -> int:
     return len(state.outbox) + (state.held_rename is not None)
 
@@ -282,6 +288,7 @@ class Engine:
         # iteration: a counter's inc takes a lock, twice per event otherwise.
         self._consumed = dict.fromkeys(settings.source_topics, 0)
         self._outcome_counts: dict[str, int] = {}
+        self._per_chat = settings.engine.max_buffered_per_chat
         self._writer = uuid.uuid4().hex[:12]  # names this run's blocks of call bodies
         self._blocks = 0
 
@@ -530,6 +537,8 @@ class Engine:
         for outcome in outcomes:
             self._emit(chat, outcome)
         work.pending += _pending_of(state) - before
+        if len(state.outbox) >= self._per_chat:
+            work.crowded.add(chat)
         work.dirty.add(chat)
         work.tombstones.discard(chat)
         if state.held_rename is not None:
@@ -908,7 +917,9 @@ class Engine:
 
     # -- backpressure ----------------------------------------------------------------------
     def _backpressure(self) -> None:
-        """Pause a partition whose calls pile up; resume it once they have drained.
+        """Pause a partition whose calls pile up, in all or in one chat; resume it once
+        they have drained to half (`max_buffered_events` split over the partitions, and
+        `max_buffered_per_chat`).
 
         Only calls waiting for a request (or in one) count: they drain whatever is read.
         Events held for a sequence gap and renames held for their chat's first send wait
@@ -920,11 +931,15 @@ class Engine:
         limit = max(10, self.settings.engine.max_buffered_events // len(self.parts))
         pause, resume = [], []
         for work in self.parts.values():
+            if work.crowded:
+                work.crowded = {
+                    chat for chat in work.crowded if _outbox_of(work, chat) > self._per_chat // 2
+                }
             calls = work.pending - len(work.held_renames)
-            if not work.paused and calls >= limit:
+            if not work.paused and (calls >= limit or work.crowded):
                 work.paused = True
                 pause.append(TopicPartition(work.topic, work.partition))
-            elif work.paused and calls <= limit // 2 and not work.revoking:
+            elif work.paused and calls <= limit // 2 and not work.crowded and not work.revoking:
                 work.paused = False
                 resume.append(TopicPartition(work.topic, work.partition))
         if pause:

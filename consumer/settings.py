@@ -117,7 +117,11 @@ class EngineSettings(BaseModel):
     linger_ms: int = Field(default=5, ge=0)
     max_in_flight_requests: int = Field(default=8, ge=1)
     max_buffered_events: int = Field(default=10_000, ge=10)
-    max_buffered_per_chat: int = Field(default=500, ge=1)
+    max_buffered_per_chat: int = Field(
+        default=500,
+        ge=1,
+        description="a chat's waiting calls that pause its partition (resumed at half)",
+    )
     reorder_buffer_per_chat: int = Field(default=64, ge=1)
     gap_timeout_s: float = Field(default=30.0, gt=0)
     rename_wait_timeout_s: float = Field(default=3600.0, gt=0)

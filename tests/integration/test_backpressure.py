@@ -165,3 +165,23 @@ def test_renames_held_for_their_first_send_never_keep_a_paused_partition_paused(
             ("imconnector.send.messages", f"{chat}-m2:text 2"),
             ("imconnector.chat.name.set", f"name of {chat}"),
         ], chat
+
+
+def test_one_chat_whose_calls_pile_up_pauses_its_partition_until_they_drain(
+    kafka_bootstrap, topic_factory, unique, sim
+):
+    # The partition's share of max_buffered_events (10,000) is never reached: only the
+    # one chat's 300 waiting calls against max_buffered_per_chat 20 pause it.
+    topic = topic_factory(1)
+    settings = make_settings(
+        kafka_bootstrap, topic, unique("g"), sim, engine={"max_buffered_per_chat": 20}
+    )
+    events = [send("hot", seq) for seq in range(1, 301)]
+    produce(kafka_bootstrap, topic, events, ENCODER)
+    with EngineThread(settings) as running:
+        wait_until(lambda: running.outcome("applied") >= len(events), 120, "the hot chat")
+        pauses = running.metrics.registry.get_sample_value("imconnector_partition_pauses_total")
+        assert pauses is not None and pauses >= 1
+    assert [ident for _, ident in applied_call_list(sim)["hot"]] == [
+        f"hot-m{seq}:text {seq}" for seq in range(1, 301)
+    ]
