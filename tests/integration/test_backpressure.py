@@ -52,6 +52,19 @@ def gapped_workload(prefix: str, held: int) -> tuple[list[ChatEvent], list[str],
     return events, waiting, len(filler)
 
 
+def pre_produced(bootstrap, topic_factory, unique, sim, events, **engine):
+    """Settings (with `engine` overrides) for an engine on a fresh one-partition topic
+    that holds `events` before any engine starts."""
+    topic = topic_factory(1)
+    settings = make_settings(bootstrap, topic, unique("g"), sim, engine=engine)
+    produce(bootstrap, topic, events, ENCODER)
+    return settings
+
+
+def pauses(running: EngineThread) -> float:
+    return running.metrics.registry.get_sample_value("imconnector_partition_pauses_total") or 0.0
+
+
 def gaps(running: EngineThread, reason: str) -> float:
     return (
         running.metrics.registry.get_sample_value(
@@ -67,20 +80,17 @@ def test_events_held_for_a_gap_never_keep_a_paused_partition_paused(
     # 95 held events are above the resume mark (half of 100) but below the buffers'
     # room: counted as load, they kept the partition paused after its calls drained,
     # and the events they wait for were never read.
-    topic = topic_factory(1)
-    settings = make_settings(
-        kafka_bootstrap, topic, unique("g"), sim, engine={"max_buffered_events": 100}
-    )
     events, waiting, filler = gapped_workload("bp", 95)
-    produce(kafka_bootstrap, topic, events, ENCODER)
+    settings = pre_produced(
+        kafka_bootstrap, topic_factory, unique, sim, events, max_buffered_events=100
+    )
     with EngineThread(settings) as running:
         wait_until(
             lambda: running.outcome("applied") >= len(events),
             120,
             "every event applied (a paused partition read on)",
         )
-        pauses = running.metrics.registry.get_sample_value("imconnector_partition_pauses_total")
-        assert pauses is not None and pauses >= 1  # the calls did pile up
+        assert pauses(running) >= 1  # the calls did pile up
         assert sum(gaps(running, r) for r in ("timeout", "chat_buffer_full", "buffers_full")) == 0
         assert running.outcome("dead_lettered") == 0
     applied = applied_call_list(sim)
@@ -99,12 +109,10 @@ def test_full_reorder_buffers_give_up_the_oldest_gaps_and_dead_letter_late_event
     # given up until 75 wait, so between 51 (the last read brought the count from 99 to
     # 150) and 75 chats move on without their first event, which is dead-lettered when
     # it comes. The others wait and apply in order.
-    topic = topic_factory(1)
-    settings = make_settings(
-        kafka_bootstrap, topic, unique("g"), sim, engine={"max_buffered_events": 100}
-    )
     events, waiting, _ = gapped_workload("full", 150)
-    produce(kafka_bootstrap, topic, events, ENCODER)
+    settings = pre_produced(
+        kafka_bootstrap, topic_factory, unique, sim, events, max_buffered_events=100
+    )
     with EngineThread(settings) as running:
         wait_until(
             lambda: running.outcomes_total() >= len(events),
@@ -125,7 +133,8 @@ def test_full_reorder_buffers_give_up_the_oldest_gaps_and_dead_letter_late_event
         else:
             assert idents == [f"{chat}-m1:text 1", f"{chat}-m2:text 2"], chat
     assert len(moved_on) == given_up
-    dead = read_all(kafka_bootstrap, settings.dlq_topic(topic), expect=int(given_up))
+    dlq = settings.dlq_topic(settings.source_topics[0])
+    dead = read_all(kafka_bootstrap, dlq, expect=int(given_up))
     late = {
         (dict(msg.headers() or ())["imconnector.error.code"], msg.key().decode()) for msg in dead
     }
@@ -139,25 +148,22 @@ def test_renames_held_for_their_first_send_never_keep_a_paused_partition_paused(
     # A rename waits for its chat's first send, which comes after the first read: the
     # 95 held renames kept the partition paused (as pending calls) for the rename
     # timeout, an hour by default.
-    topic = topic_factory(1)
-    settings = make_settings(
-        kafka_bootstrap, topic, unique("g"), sim, engine={"max_buffered_events": 100}
-    )
     renamed = [f"rn-{i}" for i in range(95)]
     events = (
         [chat_event(chat, 1, ChatRenamed(f"name of {chat}")) for chat in renamed]
         + [send(f"rn-f{i}", 1) for i in range(FIRST_READ)]
         + [send(chat, 2) for chat in renamed]
     )
-    produce(kafka_bootstrap, topic, events, ENCODER)
+    settings = pre_produced(
+        kafka_bootstrap, topic_factory, unique, sim, events, max_buffered_events=100
+    )
     with EngineThread(settings) as running:
         wait_until(
             lambda: running.outcome("applied") >= len(events),
             120,
             "every send and rename applied (a paused partition read on)",
         )
-        pauses = running.metrics.registry.get_sample_value("imconnector_partition_pauses_total")
-        assert pauses is not None and pauses >= 1
+        assert pauses(running) >= 1
         assert running.outcome("dead_lettered") == 0
     applied = applied_call_list(sim)
     for chat in renamed:
@@ -172,16 +178,13 @@ def test_one_chat_whose_calls_pile_up_pauses_its_partition_until_they_drain(
 ):
     # The partition's share of max_buffered_events (10,000) is never reached: only the
     # one chat's 300 waiting calls against max_buffered_per_chat 20 pause it.
-    topic = topic_factory(1)
-    settings = make_settings(
-        kafka_bootstrap, topic, unique("g"), sim, engine={"max_buffered_per_chat": 20}
-    )
     events = [send("hot", seq) for seq in range(1, 301)]
-    produce(kafka_bootstrap, topic, events, ENCODER)
+    settings = pre_produced(
+        kafka_bootstrap, topic_factory, unique, sim, events, max_buffered_per_chat=20
+    )
     with EngineThread(settings) as running:
         wait_until(lambda: running.outcome("applied") >= len(events), 120, "the hot chat")
-        pauses = running.metrics.registry.get_sample_value("imconnector_partition_pauses_total")
-        assert pauses is not None and pauses >= 1
+        assert pauses(running) >= 1
     assert [ident for _, ident in applied_call_list(sim)["hot"]] == [
         f"hot-m{seq}:text {seq}" for seq in range(1, 301)
     ]
