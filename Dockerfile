@@ -21,28 +21,14 @@ RUN --mount=type=cache,target=/root/.cache/pip \
     python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
       > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt
-COPY setup.py ./
 COPY consumer/ consumer/
 COPY schemas/ schemas/
-# The project itself (non-editable), its per-record modules compiled to C by mypyc
-# (consumer/native.py): a C compiler and mypy in this stage only, the runtime stage needs
-# neither. The mypy pin is the one in pyproject.toml's dev extra, which the tests ran on.
-# Then bytecode compiled now: at run time the root filesystem is read-only and
-# PYTHONDONTWRITEBYTECODE is set.
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends gcc libc6-dev \
-    && rm -rf /var/lib/apt/lists/*
+# The project itself (non-editable), then bytecode compiled now: at run time the root
+# filesystem is read-only and PYTHONDONTWRITEBYTECODE is set.
 RUN --mount=type=cache,target=/root/.cache/pip \
-    python -c "import tomllib; print(next(r for r in tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['dev'] if r.startswith('mypy')))" \
-      > /tmp/mypy.txt \
-    && python -m venv /opt/build-tools \
-    && /opt/build-tools/bin/pip install -r /tmp/mypy.txt "setuptools>=68" \
-    && pip install "setuptools>=68" \
-    && PYTHONPATH=$(/opt/build-tools/bin/python -c "import sysconfig; print(sysconfig.get_path('purelib'))") \
-       IMCONNECTOR_COMPILE=1 pip install --no-deps --no-build-isolation . \
+    pip install --no-deps . \
     && python -m compileall -q /opt/venv/lib \
-    && imconnector-consumer --help > /dev/null \
-    && python -c "from consumer.native import usable; assert usable().label == 'compiled'"
+    && imconnector-consumer --help > /dev/null
 
 # ---- runtime: the venv, a numeric non-root user, nothing else ------------------------------
 FROM ${PYTHON_IMAGE} AS runtime

@@ -16,7 +16,7 @@ demo: bootstrap ## local Kafka + Bitrix24 simulator + demo traffic + the consume
 	@$(VENV)/imconnector-consumer demo --duration $(DURATION)
 
 test: bootstrap ## lint, types, then the whole test suite against a real local Kafka
-	@$(VENV)/ruff check consumer schemas tests ops setup.py && $(VENV)/ruff format --check consumer schemas tests ops setup.py
+	@$(VENV)/ruff check consumer schemas tests ops && $(VENV)/ruff format --check consumer schemas tests ops
 	@$(VENV)/mypy
 	@ops/kafka/local-kafka.sh start
 	@$(VENV)/python -m pytest tests
@@ -25,7 +25,7 @@ unit: bootstrap ## unit tests only (no broker)
 	@$(VENV)/python -m pytest tests/unit
 
 lint: bootstrap ## ruff lint + format check
-	@$(VENV)/ruff check consumer schemas tests ops setup.py && $(VENV)/ruff format --check consumer schemas tests ops setup.py
+	@$(VENV)/ruff check consumer schemas tests ops && $(VENV)/ruff format --check consumer schemas tests ops
 
 typecheck: bootstrap ## mypy --strict on consumer/ and schemas/
 	@$(VENV)/mypy

@@ -33,7 +33,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from consumer.demo import run_demo
+    from consumer.demo.runner import run_demo
     from consumer.logs import setup_logging
 
     setup_logging("text", "WARNING")
@@ -73,7 +73,8 @@ def _cmd_produce(args: argparse.Namespace) -> int:
 
 def _cmd_tokens_seed(args: argparse.Namespace) -> int:
     from consumer.bitrix.oauth import TokenSet
-    from consumer.kafka_io import KafkaTokenStore, Topics
+    from consumer.kafka.tokens import KafkaTokenStore
+    from consumer.kafka.topics import Topics
     from consumer.settings import load_settings
 
     settings = load_settings(args.config)
@@ -103,7 +104,7 @@ def _cmd_tokens_seed(args: argparse.Namespace) -> int:
 
 
 def _cmd_dlq_redrive(args: argparse.Namespace) -> int:
-    from consumer.redrive import RedriveFilter, parse_time, redrive
+    from consumer.admin.redrive import RedriveFilter, parse_time, redrive
     from consumer.settings import load_settings
 
     settings = load_settings(args.config)
@@ -204,9 +205,11 @@ def build_parser() -> argparse.ArgumentParser:
     red.add_argument("--group", help="redrive consumer group (default <group_id>.redrive)")
     red.set_defaults(func=_cmd_dlq_redrive)
 
-    from consumer.admin import register_commands
+    from consumer.admin.connector import register_commands
+    from consumer.admin.schemas import register_schema_commands
 
-    register_commands(sub)  # connector register|activate|..., schemas list|check
+    register_commands(sub)  # connector register|activate|...
+    register_schema_commands(sub)  # schemas list|check
     return parser
 
 

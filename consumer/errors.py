@@ -7,7 +7,6 @@ ConsumerError
 │   ├── UnknownSchema                   registry id / fingerprint not known
 │   └── SchemaMismatch                  bytes do not match the writer schema
 ├── RegistryUnavailable                 transient: wait and retry, never dead-letter
-├── DispatchLost                        the dispatch process died: exit, restore recovers
 └── BitrixError                         a Bitrix24 call failed (`error_class` says how)
     ├── PermanentError                  ERROR_ARGUMENT, NOT_ACTIVE_LINE, ...: dead-letter
     ├── CausalWait                      CHAT_RENAMING_FAILED before a session: hold
@@ -68,11 +67,6 @@ class SchemaMismatch(PoisonRecord):
 
 class RegistryUnavailable(ConsumerError):
     """The schema registry did not answer; the record waits, it is not poison."""
-
-
-class DispatchLost(ConsumerError):
-    """The dispatch process is gone, so calls in flight will never report: the service
-    exits, and the restart finds them in the send ledger like after any crash."""
 
 
 class BitrixError(ConsumerError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import threading
@@ -9,15 +10,11 @@ from types import FrameType
 
 from consumer import __version__
 from consumer.bitrix.oauth import TokenStore
-from consumer.dispatch import Dispatcher
-from consumer.dispatch_process import ProcessDispatcher
-from consumer.engine import Engine
-from consumer.errors import DispatchLost
-from consumer.gctune import tune as tune_gc
-from consumer.health import OpsServer
-from consumer.kafka_io import token_store_for
-from consumer.metrics import Metrics
-from consumer.native import usable
+from consumer.dispatch.dispatcher import Dispatcher
+from consumer.engine.engine import Engine
+from consumer.kafka.tokens import token_store_for
+from consumer.observability.health import OpsServer
+from consumer.observability.metrics import Metrics
 from consumer.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -34,12 +31,7 @@ def build_engine(
     """An engine with its dispatcher and Bitrix24 client, not yet running.
 
     OAuth pairs live in the tokens topic, or in memory (`memory_tokens`: the demo, tests).
-    A `token_store` object cannot cross into a dispatch process: dispatch then runs in a
-    thread of this process.
     """
-    if settings.engine.dispatch == "process" and token_store is None:
-        remote = ProcessDispatcher(settings, metrics, memory_tokens=memory_tokens)
-        return Engine(settings, metrics, remote, create_sources=create_sources)
     store = (
         token_store
         if token_store is not None
@@ -50,19 +42,13 @@ def build_engine(
 
 
 def process_metrics() -> Metrics:
-    """What a process that runs an engine (the service, the demo) does first: refuse a
-    stale compiled build, set the collector's thresholds, and make its metrics, labelled
-    with the build."""
-    native = usable()
-    thresholds = tune_gc()
-    logger.info(
-        "imconnector-consumer %s, %s (%d modules compiled by mypyc), GC thresholds %s",
-        __version__,
-        native.label,
-        len(native.compiled),
-        thresholds,
-    )
-    return Metrics(version=__version__, build=native.label)
+    """What a process that runs an engine (the service, the demo) does first: set the
+    collector's thresholds and make its metrics."""
+    # Fewer young collections: the service keeps many long-lived objects and frees most
+    # short-lived ones by reference counting (docs/benchmarks.md has the A/B).
+    gc.set_threshold(10_000, 20, 20)
+    logger.info("imconnector-consumer %s", __version__)
+    return Metrics(version=__version__)
 
 
 def run_service(settings: Settings) -> int:
@@ -86,9 +72,6 @@ def run_service(settings: Settings) -> int:
     signal.signal(signal.SIGINT, on_signal)
     try:
         engine.run()
-    except DispatchLost as exc:
-        logger.critical("%s; exiting: calls in flight are resent from the changelog", exc)
-        return 1
     finally:
         ops.stop()
     return 0

@@ -135,11 +135,6 @@ class EngineSettings(BaseModel):
         description="send up to 50 chat.name.set calls as one REST `batch` request; a "
         "portal that refuses it gets one request per rename",
     )
-    dispatch: Literal["process", "thread"] = Field(
-        default="process",
-        description="where Bitrix24 requests run: a child process of their own (the poll "
-        "thread keeps the GIL to itself), or a thread of the service's process",
-    )
 
 
 class RetrySettings(BaseModel):
@@ -158,9 +153,6 @@ class HttpSettings(BaseModel):
     read_timeout_s: float = Field(default=65.0, gt=0)
     max_connections: int = Field(default=16, ge=1)
     user_agent: str = "imconnector-consumer"
-    # "asyncio": consumer.bitrix.netio (no system calls beyond send/receive per request);
-    # "anyio": httpx's own backend, the way back should the first ever misbehave.
-    network_backend: Literal["asyncio", "anyio"] = "asyncio"
 
 
 class Settings(BaseSettings):

@@ -2,7 +2,7 @@
 
 Refreshes the token once on `expired_token`/`invalid_token`/`NO_AUTH_FOUND` and repeats the
 call; a second auth failure is permanent (`AuthFailed`). Limits and retries are the
-dispatcher's job (`consumer.dispatch`).
+dispatcher's job (`consumer.dispatch.dispatcher`).
 """
 
 from __future__ import annotations
@@ -10,12 +10,10 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlencode
 
-import httpcore
 import httpx
 import orjson
 
 from consumer.bitrix.classify import check_response, classify_transport
-from consumer.bitrix.netio import AsyncioBackend
 from consumer.bitrix.oauth import PortalTokens, TokenSet, TokenStore
 from consumer.errors import AuthError, AuthFailed, ConfigError
 from consumer.settings import HttpSettings, PortalSettings
@@ -37,35 +35,18 @@ def seed_tokens(settings: PortalSettings) -> TokenSet | None:
 
 
 def http_client(http_settings: HttpSettings) -> httpx.AsyncClient:
-    """The client for portals: timeouts, pool size, and the configured network backend.
-
-    Only direct connections move to `consumer.bitrix.netio`: httpx routes proxied portals
-    (`HTTPS_PROXY`, `ALL_PROXY`, minus `NO_PROXY`) through transports of their own, which
-    keep httpx's backend. Giving httpx a transport of our own would turn the environment's
-    proxies off, so the default transport's pool is swapped instead (httpcore takes a
-    backend; httpx passes none through).
-    """
-    limits = httpx.Limits(
-        max_connections=http_settings.max_connections,
-        max_keepalive_connections=http_settings.max_connections,
-    )
-    client = httpx.AsyncClient(
+    """The client for portals: timeouts and pool size from the settings; proxies from the
+    environment (`HTTPS_PROXY`, `NO_PROXY`), as httpx reads them."""
+    return httpx.AsyncClient(
         timeout=httpx.Timeout(
             http_settings.read_timeout_s, connect=http_settings.connect_timeout_s
         ),
-        limits=limits,
+        limits=httpx.Limits(
+            max_connections=http_settings.max_connections,
+            max_keepalive_connections=http_settings.max_connections,
+        ),
         headers={"User-Agent": http_settings.user_agent, "Accept": "application/json"},
     )
-    direct = client._transport
-    if http_settings.network_backend == "asyncio" and isinstance(direct, httpx.AsyncHTTPTransport):
-        direct._pool = httpcore.AsyncConnectionPool(
-            ssl_context=httpx.create_ssl_context(),
-            max_connections=limits.max_connections,
-            max_keepalive_connections=limits.max_keepalive_connections,
-            keepalive_expiry=limits.keepalive_expiry,
-            network_backend=AsyncioBackend(),
-        )
-    return client
 
 
 class BitrixClient:

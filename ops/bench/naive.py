@@ -5,7 +5,7 @@ for each record, one after the other: decode it, make one synchronous HTTP call 
 matching `imconnector.*` method with a one-element `MESSAGES` array (or the flat
 `chat.name.set` parameters), then commit that record's offset synchronously. No batching,
 no concurrency, no dedup, no ordering, no retries. The request element is built by
-`consumer.mapping.element_for`, so both contenders send the same content.
+`consumer.core.mapping.element_for`, so both contenders send the same content.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ import httpx
 from confluent_kafka import Consumer, KafkaError, KafkaException
 
 from consumer.codec import ChatEventDecoder
+from consumer.core.events import ChatEvent
+from consumer.core.mapping import BATCHABLE, element_for
 from consumer.errors import PoisonRecord
-from consumer.events import ChatEvent
-from consumer.mapping import BATCHABLE, element_for
 
 
 def request_params(event: ChatEvent) -> tuple[str, dict[str, Any]]:

@@ -1,6 +1,6 @@
 """`python -m ops.bench.run` (`make bench`): the service vs a naive consumer, one table.
 
-Both contenders consume the same pre-produced workload (consumer.workload: 10k chats,
+Both contenders consume the same pre-produced workload (consumer.demo.workload: 10k chats,
 mixed event kinds, 10% duplicates, 10% out of order, fixed seed) from a fresh 6-partition
 topic and call a Bitrix24 simulator running in its own process (rate limits off). The
 service runs as its own process too (`python -m consumer run`, configured through
@@ -39,11 +39,10 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from prometheus_client.parser import text_string_to_metric_families
 
 from consumer.codec import ChatEventEncoder
-from consumer.events import ChatEvent
-from consumer.mapping import BATCHABLE, RENAME, SEND
-from consumer.native import status as native_status
+from consumer.core.events import ChatEvent
+from consumer.core.mapping import BATCHABLE, RENAME, SEND
+from consumer.demo.workload import chat_script, interleave
 from consumer.settings import EngineSettings
-from consumer.workload import chat_script, interleave
 from ops.bench.naive import NaiveConsumer, NaiveResult, request_params
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -210,6 +209,7 @@ class EngineProcess:
         extra_env: dict[str, str],
         profile_to: Path | None = None,
         instance: str | None = None,
+        cwd: Path = ROOT,
     ) -> None:
         self.port = free_port()
         self.group = group
@@ -251,7 +251,7 @@ class EngineProcess:
         command += ["-m", "consumer", "run"]
         self.spawned_at = time.monotonic()
         self.proc = subprocess.Popen(
-            command, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT
+            command, cwd=cwd, env=env, stdout=self._log, stderr=subprocess.STDOUT
         )
         self.http = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=10)
 
@@ -855,9 +855,9 @@ PLACEHOLDER = "chat-#######"  # as long as the real chat ids, chat-0000000
 
 def idle_state_templates(count: int, seed: int) -> list[bytes]:
     """Changelog values of real idle chats: chat scripts folded to the end, calls succeeded."""
-    from consumer.fold import FoldConfig, new_call, on_event, on_success
-    from consumer.ordering import Lane
-    from consumer.state import ChatState
+    from consumer.core.fold import FoldConfig, new_call, on_event, on_success
+    from consumer.core.ordering import Lane
+    from consumer.core.state import ChatState
 
     rng = random.Random(seed)
     now_ms = int(time.time() * 1000)
@@ -891,10 +891,10 @@ def restore_worker(args: argparse.Namespace) -> int:
     from prometheus_client import CollectorRegistry
 
     from consumer.bitrix.oauth import MemoryTokenStore
-    from consumer.metrics import Metrics
+    from consumer.core.state import ChatState
+    from consumer.observability.metrics import Metrics
     from consumer.service import build_engine
     from consumer.settings import Settings
-    from consumer.state import ChatState
 
     topic = f"{args.run_id}-restore-source"
     group = f"{args.run_id}-restore"
@@ -1352,14 +1352,6 @@ def main(argv: list[str] | None = None) -> int:
         sim = Simulator(workdir)
         bench = Bench(args, run_id, workdir, admin, sim, extra_env, batch_size)
         try:
-            native = native_status()
-            log(
-                f"run {run_id}: the service runs {native.label} "
-                f"({len(native.compiled)} modules compiled by mypyc, consumer/native.py)"
-            )
-            if native.problem is not None:
-                log(native.problem)
-                return 2
             log(f"run {run_id}: generating {args.events:,} events over {args.chats:,} chats")
             workload = make_workload(args.events, args.chats, args.seed)
             topic = f"{run_id}-workload"

@@ -3,7 +3,8 @@
 Run `python ops/dashboards/build.py` after changing this file: it rewrites
 `ops/dashboards/imconnector-consumer.json`, which is committed and copied into the Helm
 chart by `ops/tools/sync-chart-files.sh`. `--check` only compares. Plain Python, no
-dependencies; metric names are exactly those of `consumer/metrics.py` (a test checks it).
+dependencies; metric names are exactly those of `consumer/observability/metrics.py` (a
+test checks it).
 """
 
 from __future__ import annotations
@@ -184,11 +185,10 @@ def rows() -> list[Row]:
                 ),
                 stat(
                     "Version",
-                    "Service versions running, and whether their per-record path is "
-                    "compiled (imconnector_build_info; README: the two commands).",
+                    "Service versions running (imconnector_build_info).",
                     Target(
-                        f"count by (version, build) (imconnector_build_info{{{SEL}}})",
-                        "{{version}} {{build}}",
+                        f"count by (version) (imconnector_build_info{{{SEL}}})",
+                        "{{version}}",
                     ),
                     text_mode="name",
                 ),
@@ -490,32 +490,18 @@ def rows() -> list[Row]:
             [
                 timeseries(
                     "CPU",
-                    "CPU seconds per second used by each replica's service process and by its "
-                    "dispatch process (the Bitrix24 requests).",
+                    "CPU seconds per second used by each replica.",
                     Target(
                         f"sum by (pod) (rate(process_cpu_seconds_total{{{SEL}}}[{RATE}]))",
-                        "{{pod}} service",
-                    ),
-                    Target(
-                        "sum by (pod) "
-                        f"(rate(imconnector_dispatch_process_cpu_seconds_total{{{SEL}}}[{RATE}]))",
-                        "{{pod}} dispatch",
+                        "{{pod}}",
                     ),
                     unit="percentunit",
                     width=8,
                 ),
                 timeseries(
                     "Resident memory",
-                    "Resident set size of each replica's two processes (their sum counts "
-                    "against the pod's memory limit).",
-                    Target(
-                        f"sum by (pod) (process_resident_memory_bytes{{{SEL}}})", "{{pod}} service"
-                    ),
-                    Target(
-                        "sum by (pod) "
-                        f"(imconnector_dispatch_process_resident_memory_bytes{{{SEL}}})",
-                        "{{pod}} dispatch",
-                    ),
+                    "Resident set size of each replica (counts against the pod's memory limit).",
+                    Target(f"sum by (pod) (process_resident_memory_bytes{{{SEL}}})", "{{pod}}"),
                     unit="bytes",
                     width=8,
                 ),

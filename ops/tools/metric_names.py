@@ -1,10 +1,10 @@
 """Checks that dashboards and alert rules only query metrics the service really exports.
 
-The names the service defines come from `consumer/metrics.py` itself (a `Metrics` on a
+The names the service defines come from `consumer/observability/metrics.py` itself (a `Metrics` on a
 fresh registry, expanded to the sample names Prometheus stores: `_total`, `_bucket`, ...).
 Expressions are read with a small PromQL tokenizer that also rejects unknown functions,
 so a typo in either a metric or a function name is caught. Used by
-tests/unit/test_dashboards.py and tests/integration/test_alerts.py; run it directly to
+tests/unit/ops/test_dashboards.py and tests/integration/test_alerts.py; run it directly to
 check the committed files:
 
     .venv/bin/python ops/tools/metric_names.py
@@ -13,7 +13,6 @@ check the committed files:
 from __future__ import annotations
 
 import json
-import os
 import re
 import sys
 from pathlib import Path
@@ -75,12 +74,10 @@ def defined_metric_names() -> frozenset[str]:
     """Every sample name the service's `Metrics` exposes (counters as `_total`, ...)."""
     from prometheus_client import CollectorRegistry
 
-    from consumer.metrics import Metrics
+    from consumer.observability.metrics import Metrics
 
     registry = CollectorRegistry()
-    metrics = Metrics(registry)
-    # The dispatch process's metrics appear once it runs; this process stands in for it.
-    metrics.dispatch_pid = os.getpid()
+    Metrics(registry)
     suffixes = {
         "counter": ("_total", "_created"),
         "histogram": ("_bucket", "_count", "_sum", "_created"),
@@ -140,7 +137,7 @@ def problems(expr: str, defined: frozenset[str]) -> list[str]:
     metrics, unknown_functions = parse(expr)
     found = [f"unknown function {name}()" for name in sorted(unknown_functions)]
     found += [
-        f"metric {name} is not defined in consumer/metrics.py"
+        f"metric {name} is not defined in consumer/observability/metrics.py"
         for name in sorted(metrics)
         if name not in defined and not is_standard(name)
     ]

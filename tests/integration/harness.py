@@ -17,16 +17,16 @@ from prometheus_client import CollectorRegistry
 
 from consumer.bitrix.oauth import TokenStore
 from consumer.codec import ChatEventEncoder
-from consumer.engine import Engine
-from consumer.events import ChatEvent, ExternalUser, Payload
-from consumer.fold import FoldConfig, new_call, on_event, on_success
-from consumer.mapping import RENAME, element_for
-from consumer.metrics import Metrics
-from consumer.ordering import Lane
+from consumer.core.events import ChatEvent, ExternalUser, Payload
+from consumer.core.fold import FoldConfig, new_call, on_event, on_success
+from consumer.core.mapping import RENAME, element_for
+from consumer.core.ordering import Lane
+from consumer.demo.workload import chat_script, interleave
+from consumer.engine.engine import Engine
+from consumer.observability.metrics import Metrics
 from consumer.service import build_engine
 from consumer.settings import Settings
 from consumer.simulator import SimulatorConfig, SimulatorServer
-from consumer.workload import chat_script, interleave
 
 CONNECTOR = "test_connector"
 LINE = 7
@@ -299,7 +299,7 @@ def identity(element: dict[str, Any]) -> str:
 def expected_calls(script: list[ChatEvent]) -> list[tuple[str, str]]:
     """What the portal must see for one chat's script delivered in order (pure fold)."""
     state_calls: list[tuple[str, str]] = []
-    from consumer.state import ChatState
+    from consumer.core.state import ChatState
 
     state = ChatState()
     lane: Lane[ChatEvent] = Lane(1000, 1000, lambda e: e)

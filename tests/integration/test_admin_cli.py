@@ -15,10 +15,11 @@ import pytest
 from simulator_fixtures import CONNECTOR, LINE, Sim, running_simulator
 
 import schemas
-from consumer.admin import DEFAULT_ICON_SVG, register_commands, svg_data_image
+from consumer.admin.connector import DEFAULT_ICON_SVG, register_commands, svg_data_image
+from consumer.admin.schemas import register_schema_commands
 from consumer.codec import SchemaRegistryClient
+from consumer.core.events import ChatEvent, MessageSent
 from consumer.errors import ConfigError
-from consumer.events import ChatEvent, MessageSent
 
 PORTAL = "sim"
 HANDLER = "https://app.example.com/connector/settings"
@@ -28,7 +29,9 @@ LONG_HEX = re.compile(r"[0-9a-f]{40,}")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imconnector-consumer")
-    register_commands(parser.add_subparsers(dest="command", required=True))
+    sub = parser.add_subparsers(dest="command", required=True)
+    register_commands(sub)
+    register_schema_commands(sub)
     return parser
 
 
@@ -504,7 +507,7 @@ def test_token_store_kafka_reads_and_keeps_the_rotated_pair(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     from consumer.bitrix.oauth import TokenSet
-    from consumer.kafka_io import KafkaTokenStore
+    from consumer.kafka.tokens import KafkaTokenStore
     from consumer.settings import load_settings
 
     topic = topic_factory(1)

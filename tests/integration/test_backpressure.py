@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from consumer.codec import ChatEventEncoder
-from consumer.events import ChatEvent, ChatRenamed, MessageSent
+from consumer.core.events import ChatEvent, ChatRenamed, MessageSent
 from consumer.simulator import SimulatorConfig, SimulatorServer
 from tests.integration.harness import (
     CONNECTOR,

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from consumer.codec import ChatEventEncoder
+from consumer.demo.workload import chat_script, interleave
 from consumer.simulator import SimulatorConfig, SimulatorServer
-from consumer.workload import chat_script, interleave
 from tests.integration.harness import (
     CONNECTOR,
     LINE,

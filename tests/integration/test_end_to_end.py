@@ -15,11 +15,9 @@ import orjson
 import pytest
 from confluent_kafka import KafkaError, KafkaException, Producer
 
+from consumer.bitrix.oauth import MemoryTokenStore
 from consumer.codec import ChatEventEncoder, SchemaRegistryClient
-from consumer.dispatch import Batch
-from consumer.dispatch_process import ProcessDispatcher
-from consumer.engine import Engine
-from consumer.events import (
+from consumer.core.events import (
     ChatEvent,
     ChatRenamed,
     DeliveryConfirmed,
@@ -29,10 +27,12 @@ from consumer.events import (
     MessageSent,
     ReadConfirmed,
 )
-from consumer.mapping import BATCHABLE, SEND
-from consumer.metrics import Metrics
+from consumer.core.mapping import BATCHABLE, SEND
+from consumer.core.state import IN_FLIGHT
+from consumer.dispatch.dispatcher import Batch, Dispatcher
+from consumer.engine.engine import Engine
+from consumer.observability.metrics import Metrics
 from consumer.settings import Settings
-from consumer.state import IN_FLIGHT
 from tests.integration.harness import (
     CONNECTOR,
     LINE,
@@ -241,8 +241,7 @@ class LedgerWatch:
     records for the next transaction (their completions' outcomes).
 
     It watches through what the engine is given (`build`): a producer subclass and a
-    wrapper around its dispatcher. The engine is compiled by mypyc, whose instances take
-    no patched methods."""
+    wrapper around its dispatcher."""
 
     def __init__(self, changelog: str, abort_every: int = 0) -> None:
         self.changelog = changelog
@@ -274,7 +273,7 @@ class LedgerWatch:
                 watch.committed.update(carried)
 
         class WatchedDispatcher:
-            def __init__(self, inner: ProcessDispatcher) -> None:
+            def __init__(self, inner: Dispatcher) -> None:
                 self.inner = inner
 
             def __getattr__(self, name: str) -> Any:
@@ -284,8 +283,9 @@ class LedgerWatch:
                 watch.check_marks(batch)
                 self.inner.submit(batch)
 
-        assert settings.engine.dispatch == "process"
-        dispatcher = WatchedDispatcher(ProcessDispatcher(settings, metrics, memory_tokens=True))
+        dispatcher = WatchedDispatcher(
+            Dispatcher.from_settings(settings, metrics, MemoryTokenStore())
+        )
         self.engine = Engine(settings, metrics, dispatcher, producer_factory=WatchedProducer)
         return self.engine
 

@@ -10,10 +10,10 @@ import uuid
 import httpx
 import pytest
 
+from consumer.admin.redrive import RedriveFilter, redrive
 from consumer.codec import ChatEventEncoder
-from consumer.events import ChatEvent, ChatRenamed, ExternalUser, MessageEdited, MessageSent
-from consumer.kafka_io import KafkaTokenStore
-from consumer.redrive import RedriveFilter, redrive
+from consumer.core.events import ChatEvent, ChatRenamed, ExternalUser, MessageEdited, MessageSent
+from consumer.kafka.tokens import KafkaTokenStore
 from consumer.simulator import SimulatorConfig, SimulatorServer
 from tests.integration.harness import (
     CONNECTOR,

@@ -19,9 +19,9 @@ import pytest
 from confluent_kafka import Producer
 
 from consumer.codec import ChatEventDecoder, ChatEventEncoder, SchemaRegistryClient
+from consumer.core.events import ChatEvent, ExternalUser, MessageSent, chat_key
+from consumer.core.mapping import SEND
 from consumer.errors import PoisonRecord
-from consumer.events import ChatEvent, ExternalUser, MessageSent, chat_key
-from consumer.mapping import SEND
 from consumer.simulator import SimulatorConfig, SimulatorServer
 from tests.avro_bytes import zigzag
 from tests.integration.harness import (

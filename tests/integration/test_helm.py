@@ -770,9 +770,7 @@ def test_dockerfile_builds_what_the_chart_expects(helm: str) -> None:
     assert ("COPY", "--from=build /opt/venv /opt/venv") in final
     assert all(k not in {"RUN"} or "pip" not in rest for k, rest in final), "no pip at runtime"
     builds = " ".join(rest for k, rest in stages[0] if k == "RUN")
-    assert "IMCONNECTOR_COMPILE=1 pip install --no-deps --no-build-isolation ." in builds
-    # The image refuses to build unless the per-record modules came out compiled.
-    assert "usable().label == 'compiled'" in builds
+    assert "pip install --no-deps ." in builds
     assert "compileall" in builds
     # The entrypoint the image runs is the console script pyproject.toml declares.
     assert 'imconnector-consumer = "consumer.cli:main"' in (REPO / "pyproject.toml").read_text()
@@ -786,13 +784,11 @@ def test_dockerignore_allows_only_the_build_inputs() -> None:
     ]
     assert lines[0] == "*", "allow-list: exclude everything first"
     allowed = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
-    assert allowed == {"pyproject.toml", "setup.py", "README.md", "consumer", "schemas"}
-    # A checkout's in-place mypyc build stays out: the image compiles its own.
-    assert {"consumer/*.so", "consumer/_native.json"} <= set(lines)
+    assert allowed == {"pyproject.toml", "README.md", "consumer", "schemas"}
     copied = set()
     for keyword, rest in dockerfile_instructions():
         if keyword == "COPY" and not rest.startswith("--from"):
             copied.update(part.rstrip("/*") for part in rest.split()[:-1])
     assert copied == allowed
-    for path in ("pyproject.toml", "setup.py", "consumer", "schemas"):
+    for path in ("pyproject.toml", "consumer", "schemas"):
         assert (REPO / path).exists(), path

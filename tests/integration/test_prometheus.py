@@ -44,8 +44,8 @@ import yaml
 from confluent_kafka import KafkaException, Producer
 
 from consumer.codec import ChatEventEncoder
-from consumer.events import ChatEvent, ExternalUser, MessageSent
-from consumer.health import OpsServer
+from consumer.core.events import ChatEvent, ExternalUser, MessageSent
+from consumer.observability.health import OpsServer
 from consumer.settings import Settings
 from consumer.simulator import SimulatorConfig, SimulatorServer
 from tests.integration.harness import (

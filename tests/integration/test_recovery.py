@@ -21,13 +21,14 @@ from dataclasses import replace
 import pytest
 from confluent_kafka import Producer
 
-from consumer import engine as engine_module
 from consumer.codec import ChatEventEncoder
-from consumer.events import ChatEvent, ChatRenamed, ExternalUser, MessageEdited, MessageSent
-from consumer.kafka_io import read_partition_to_end, restore_reader
-from consumer.mapping import SEND
+from consumer.core.events import ChatEvent, ChatRenamed, ExternalUser, MessageEdited, MessageSent
+from consumer.core.mapping import SEND
+from consumer.core.state import block_key, body_key, decode_block, is_block_key, parse_body_key
+from consumer.engine import engine as engine_module
+from consumer.kafka.clients import restore_reader
+from consumer.kafka.restore import read_partition_to_end
 from consumer.settings import Settings
-from consumer.state import block_key, body_key, decode_block, is_block_key, parse_body_key
 from tests.integration.harness import (
     CONNECTOR,
     LINE,

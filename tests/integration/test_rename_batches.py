@@ -17,13 +17,13 @@ import pytest
 from consumer.bitrix.client import BitrixClient
 from consumer.bitrix.oauth import MemoryTokenStore
 from consumer.codec import ChatEventEncoder
-from consumer.dispatch import Batch, BatchDone, CallResult, Dispatcher
-from consumer.events import ChatRenamed, MessageSent
-from consumer.mapping import RENAME, SEND
-from consumer.metrics import Metrics
+from consumer.core.events import ChatRenamed, MessageSent
+from consumer.core.mapping import RENAME, SEND
+from consumer.core.state import PendingCall
+from consumer.dispatch.dispatcher import Batch, BatchDone, CallResult, Dispatcher
+from consumer.observability.metrics import Metrics
 from consumer.settings import HttpSettings, PortalSettings, RetrySettings
 from consumer.simulator import SimulatorConfig, SimulatorServer
-from consumer.state import PendingCall
 from tests.integration.harness import (
     CONNECTOR,
     LINE,
@@ -132,7 +132,7 @@ def test_a_portal_refusing_batch_gets_one_request_per_rename(refusing_sim, caplo
     try:
         _run(dispatcher, SEND, [_send("a"), _send("b")])
         assert dispatcher.rename_batch_limit(PORTAL) > 1
-        with caplog.at_level(logging.WARNING, logger="consumer.dispatch"):
+        with caplog.at_level(logging.WARNING, logger="consumer.dispatch.dispatcher"):
             done = _by_chat(_run(dispatcher, RENAME, [_rename("a", "One"), _rename("b", "Two")]))
     finally:
         dispatcher.stop()

@@ -1,0 +1,576 @@
+"""Dispatch: runs coalesced Bitrix24 requests on an asyncio loop in its own thread.
+
+The engine hands over `Batch`es (one method, one portal/connector/line, the head call of
+several chats, each chat at most once) and collects `BatchDone`s. Here live the portal
+policies: the leaky bucket, the operating budget, the circuit breaker, retries with
+exponential backoff and full jitter, the token refresh (in the client), and the mapping
+of per-element results back to their events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, Self
+
+from consumer.bitrix.classify import batch_results, element_result_data, element_results
+from consumer.bitrix.client import BitrixClient
+from consumer.bitrix.limits import CircuitBreaker, OperatingBudget, PortalRateLimiter
+from consumer.bitrix.oauth import TokenStore
+from consumer.core.mapping import BATCHABLE, RENAME, SEND
+from consumer.core.state import PendingCall
+from consumer.errors import (
+    AmbiguousError,
+    BitrixError,
+    CausalWait,
+    ConfigError,
+    PermanentError,
+    Throttled,
+    TransientError,
+)
+from consumer.observability.metrics import Metrics
+from consumer.settings import RetrySettings, Settings
+
+logger = logging.getLogger(__name__)
+
+BATCH_LIMIT = 50  # sub-calls per REST `batch` request (reference §1 item 8)
+# A portal answering one of these (for the whole batch or a sub-call) does not run
+# `imconnector.*` inside `batch`; whether real portals do is unconfirmed (reference §1.8).
+BATCH_REFUSED = frozenset(
+    {
+        "ERROR_BATCH_METHOD_NOT_ALLOWED",
+        "ERROR_METHOD_NOT_FOUND",
+        "WRONG_AUTH_TYPE",
+        "ERROR_BATCH_LENGTH_EXCEEDED",
+    }
+)
+
+
+@dataclass(slots=True)
+class Batch:
+    """Head calls of several chats for one request (`calls` keeps chat order stable)."""
+
+    portal: str
+    connector: str
+    line: int
+    method: str
+    calls: list[tuple[str, PendingCall]]
+    routes: list[tuple[str, int, int]] = field(default_factory=list)  # (topic, partition, epoch)
+
+
+@dataclass(slots=True)
+class CallResult:
+    """The final result of one call after retries."""
+
+    chat_key: str
+    call: PendingCall
+    ok: bool
+    result: dict[str, Any] | None = None
+    error_class: str | None = None
+    code: str | None = None
+    message: str | None = None
+    http_status: int | None = None
+    attempts: int = 1
+    ambiguous: bool = False
+
+
+@dataclass(slots=True)
+class BatchDone:
+    """All results of one batch."""
+
+    batch: Batch
+    results: list[CallResult] = field(default_factory=list)
+
+
+class DispatchPort(Protocol):
+    """What the engine needs of a dispatcher: `Dispatcher` (a thread of this process) and
+    `ProcessDispatcher` (a child process) both are one, and so is a test's wrapper around
+    either."""
+
+    @property
+    def in_flight(self) -> int: ...
+
+    @property
+    def lost(self) -> bool: ...
+
+    def start(self) -> None: ...
+
+    def submit(self, batch: Batch) -> None: ...
+
+    def drain(self) -> list[BatchDone]: ...
+
+    def wait(self, timeout: float) -> bool: ...
+
+    def stop(self, timeout: float = 5.0) -> None: ...
+
+    def portal_has_capacity(self, portal: str) -> bool: ...
+
+    def rename_batch_limit(self, portal: str) -> int: ...
+
+
+def _params(batch: Batch, elements: list[dict[str, Any]]) -> dict[str, Any]:
+    if batch.method in BATCHABLE:
+        return {"CONNECTOR": batch.connector, "LINE": batch.line, "MESSAGES": elements}
+    return {"CONNECTOR": batch.connector, "LINE": batch.line, **elements[0]}
+
+
+class Dispatcher:
+    """Owns the asyncio loop thread that talks to Bitrix24."""
+
+    def __init__(
+        self,
+        client_factory: Callable[[], BitrixClient],
+        retry: RetrySettings,
+        metrics: Metrics,
+        *,
+        max_in_flight: int = 32,
+        unknown_outcome_policy: str = "resend",
+        operating_limit: float = 480.0,
+        batch_renames: bool = True,
+    ) -> None:
+        self._client_factory = client_factory
+        self._client: BitrixClient | None = None
+        self._retry = retry
+        self._metrics = metrics
+        self._max_in_flight = max_in_flight
+        self._policy = unknown_outcome_policy
+        self._operating_limit = operating_limit
+        self._done: queue.SimpleQueue[BatchDone] = queue.SimpleQueue()
+        self._loop = asyncio.new_event_loop()
+        self._loop_thread = threading.Thread(target=self._run_loop, name="dispatch", daemon=True)
+        self._semaphore: asyncio.Semaphore | None = None
+        self._limiters: dict[str, PortalRateLimiter] = {}
+        self._budgets: dict[str, OperatingBudget] = {}
+        self._breakers: dict[str, CircuitBreaker] = {}
+        self._tasks: set[asyncio.Future[None]] = set()
+        self._in_flight = 0
+        self._gated: dict[str, int] = {}  # portal -> batches waiting for a limit
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._batch_renames = batch_renames
+        self._batch_refused: set[str] = set()  # portals that refused `batch` for renames
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, metrics: Metrics, store: TokenStore, **extra: Any
+    ) -> Self:
+        """The dispatcher `settings` describe, its client keeping OAuth pairs in `store`."""
+
+        def on_refresh(result: str) -> None:
+            metrics.token_refreshes.labels(result=result).inc()
+
+        return cls(
+            lambda: BitrixClient(settings.portals, settings.http, store, on_refresh=on_refresh),
+            settings.retry,
+            metrics,
+            max_in_flight=settings.engine.max_in_flight_requests,
+            unknown_outcome_policy=settings.engine.unknown_outcome_policy,
+            batch_renames=settings.engine.batch_renames,
+            **extra,
+        )
+
+    # -- engine side (any thread) ------------------------------------------------------
+    def start(self) -> None:
+        """Start the loop thread and build the HTTP client on it."""
+        self._loop_thread.start()
+        asyncio.run_coroutine_threadsafe(self._setup(), self._loop).result(timeout=30)
+
+    def submit(self, batch: Batch) -> None:
+        """Queue `batch` for sending; its `BatchDone` shows up in `drain()`."""
+        with self._lock:
+            self._in_flight += 1
+        self._metrics.calls_in_flight.inc(len(batch.calls))
+        future = asyncio.run_coroutine_threadsafe(self._run(batch), self._loop)
+        future.add_done_callback(lambda f: f.exception())
+
+    def drain(self) -> list[BatchDone]:
+        """Every finished batch since the last call (non-blocking)."""
+        out: list[BatchDone] = []
+        while True:
+            try:
+                out.append(self._done.get_nowait())
+            except queue.Empty:
+                return out
+
+    def wait(self, timeout: float) -> bool:
+        """Block until a batch finishes or `timeout` passes; True if one finished."""
+        fired = self._wake.wait(timeout)
+        self._wake.clear()
+        return fired
+
+    @property
+    def lost(self) -> bool:
+        """Never: the loop thread lives as long as the process (see `ProcessDispatcher`)."""
+        return False
+
+    @property
+    def in_flight(self) -> int:
+        """Batches submitted and not yet drained."""
+        with self._lock:
+            return self._in_flight
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Cancel what is left and stop the loop thread."""
+        if not self._loop_thread.is_alive():
+            if not self._loop.is_closed() and not self._loop.is_running():
+                self._loop.close()  # never started (the engine stopped before assignment)
+            return
+        fut = asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop)
+        try:
+            fut.result(timeout=timeout)
+        except Exception:  # noqa: BLE001 - best effort on the way out
+            logger.warning("dispatcher did not shut down cleanly")
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._loop_thread.join(timeout=timeout)
+        if not self._loop_thread.is_alive():
+            self._loop.close()
+
+    def portal_has_capacity(self, portal: str) -> bool:
+        """False while a batch for `portal` waits on its limits: the engine then lets calls
+        pile up in the chats' outboxes, so the next request carries a full batch."""
+        return self._gated.get(portal, 0) == 0
+
+    def rename_batch_limit(self, portal: str) -> int:
+        """How many `chat.name.set` calls of `portal` may share one request (via `batch`)."""
+        if self._batch_renames and portal not in self._batch_refused:
+            return BATCH_LIMIT
+        return 1
+
+    def breaker_states(self) -> dict[str, int]:
+        """Portal -> breaker state (for metrics and tests)."""
+        return {portal: b.state for portal, b in self._breakers.items()}
+
+    # -- loop side ---------------------------------------------------------------------
+    def _run_loop(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_forever()
+
+    async def _setup(self) -> None:
+        self._semaphore = asyncio.Semaphore(self._max_in_flight)
+        self._client = self._client_factory()
+
+    async def _shutdown(self) -> None:
+        for task in asyncio.all_tasks(self._loop):
+            if task is not asyncio.current_task():
+                task.cancel()
+        if self._client is not None:
+            await self._client.aclose()
+
+    def _finish(self, done: BatchDone) -> None:
+        self._metrics.calls_in_flight.dec(len(done.batch.calls))
+        self._done.put(done)
+        with self._lock:
+            self._in_flight -= 1
+        self._wake.set()
+
+    def _portal_policies(
+        self, portal: str
+    ) -> tuple[PortalRateLimiter, OperatingBudget, CircuitBreaker]:
+        if portal not in self._limiters:
+            assert self._client is not None
+            cfg = self._client.portals.get(portal)
+            if cfg is None:
+                self._limiters[portal] = PortalRateLimiter()
+            else:
+                self._limiters[portal] = PortalRateLimiter(
+                    cfg.rate_drain, cfg.rate_burst, cfg.rate_share
+                )
+            self._budgets[portal] = OperatingBudget(
+                limit=cfg.operating_limit if cfg is not None else self._operating_limit
+            )
+            self._breakers[portal] = CircuitBreaker()
+        return self._limiters[portal], self._budgets[portal], self._breakers[portal]
+
+    async def _gate(self, batch: Batch) -> None:
+        """Wait until breaker, operating budget and leaky bucket all allow a request."""
+        portal = batch.portal
+        self._gated[portal] = self._gated.get(portal, 0) + 1
+        try:
+            await self._wait_limits(batch)
+        finally:
+            self._gated[portal] -= 1
+
+    async def _wait_limits(self, batch: Batch) -> None:
+        limiter, budget, breaker = self._portal_policies(batch.portal)
+        while True:
+            now = time.monotonic()
+            wait = breaker.wait(now)
+            self._metrics.breaker_state.labels(portal=batch.portal).set(breaker.state)
+            if wait > 0:
+                await asyncio.sleep(min(wait, 1.0))
+                continue
+            wait = budget.wait(batch.method, now)
+            if wait > 0:
+                self._metrics.throttle_waits.labels(reason="operating_budget").inc(wait)
+                await asyncio.sleep(min(wait, 5.0))
+                continue
+            break
+        wait = limiter.reserve(time.monotonic())
+        if wait > 0:
+            self._metrics.throttle_waits.labels(reason="rate_limit").inc(wait)
+            await asyncio.sleep(wait)
+
+    async def _run(self, batch: Batch) -> None:
+        done = BatchDone(batch)
+        try:
+            done.results = await self._attempt(
+                batch, [c for _, c in batch.calls], [k for k, _ in batch.calls]
+            )
+        except Exception as exc:
+            logger.exception("dispatch failed unexpectedly")
+            done.results = [
+                CallResult(
+                    k,
+                    c,
+                    False,
+                    error_class="transient",
+                    code="INTERNAL",
+                    message=f"{type(exc).__name__}: {exc}"[:300],
+                )
+                for k, c in batch.calls
+            ]
+            if not isinstance(exc, asyncio.CancelledError):
+                for r in done.results:
+                    r.error_class = "exhausted"
+        self._finish(done)
+
+    async def _attempt(
+        self, batch: Batch, calls: list[PendingCall], keys: list[str]
+    ) -> list[CallResult]:
+        assert self._client is not None and self._semaphore is not None
+        method = batch.method
+        attempts = 0
+        backoff_spent = 0.0
+        ambiguous = False
+        _, budget, breaker = self._portal_policies(batch.portal)
+        limiter = self._limiters[batch.portal]
+        # Renames take no array: several go out as sub-calls of one REST `batch` request.
+        batched = method == RENAME and len(calls) > 1
+        request_method = "batch" if batched else method
+        while True:
+            await self._gate(batch)
+            attempts += 1
+            started = time.monotonic()
+            try:
+                async with self._semaphore:
+                    if batched:
+                        body = await self._client.batch(
+                            batch.portal, method, [_params(batch, [c.element]) for c in calls]
+                        )
+                    else:
+                        body = await self._client.call(
+                            batch.portal, method, _params(batch, [c.element for c in calls])
+                        )
+            except Throttled as exc:
+                self._count_request(request_method, exc.http_status, started)
+                attempts -= 1  # throttling never spends the retry budget
+                if exc.code == "OPERATION_TIME_LIMIT" or exc.http_status == 429:
+                    budget.exceeded(method, time.monotonic(), exc.retry_after)
+                else:
+                    limiter.saturated(time.monotonic())
+                self._metrics.retries.labels(reason="throttled").inc()
+                continue
+            except AmbiguousError as exc:
+                self._count_request(request_method, None, started)
+                breaker.record(False, time.monotonic())
+                if method == SEND:
+                    ambiguous = True
+                    self._metrics.ambiguous_sends.labels(policy=self._policy).inc(len(calls))
+                    if self._policy == "dead-letter":
+                        return [
+                            CallResult(
+                                k,
+                                c,
+                                False,
+                                error_class="ambiguous",
+                                code=exc.code,
+                                message=str(exc),
+                                attempts=attempts,
+                                ambiguous=True,
+                            )
+                            for k, c in zip(keys, calls, strict=True)
+                        ]
+                delay = await self._backoff(exc, attempts, backoff_spent)
+                if delay is None:
+                    return self._all_failed(keys, calls, "exhausted", exc, attempts, ambiguous)
+                backoff_spent += delay
+                continue
+            except TransientError as exc:
+                self._count_request(request_method, exc.http_status, started)
+                breaker.record(False, time.monotonic())
+                self._metrics.breaker_state.labels(portal=batch.portal).set(breaker.state)
+                delay = await self._backoff(exc, attempts, backoff_spent)
+                if delay is None:
+                    return self._all_failed(keys, calls, "exhausted", exc, attempts, ambiguous)
+                backoff_spent += delay
+                continue
+            except (PermanentError, CausalWait) as exc:
+                self._count_request(request_method, exc.http_status, started)
+                breaker.record(True, time.monotonic())
+                if batched:
+                    # The portal did not take the batch as such: each call on its own.
+                    self._note_batch_refusal(batch.portal, exc.code)
+                    return await self._one_by_one(batch, calls, keys)
+                if (
+                    len(calls) > 1
+                    and isinstance(exc, PermanentError)
+                    and exc.code == "ERROR_ARGUMENT"
+                ):
+                    # One malformed element fails the whole request: isolate it.
+                    results: list[CallResult] = []
+                    for key, call in zip(keys, calls, strict=True):
+                        results.extend(await self._attempt(batch, [call], [key]))
+                    return results
+                return self._all_failed(keys, calls, exc.error_class, exc, attempts, ambiguous)
+            except BitrixError as exc:  # AuthFailed and anything else: permanent
+                self._count_request(request_method, exc.http_status, started)
+                return self._all_failed(keys, calls, exc.error_class, exc, attempts, ambiguous)
+            except ConfigError as exc:
+                return [
+                    CallResult(
+                        k,
+                        c,
+                        False,
+                        error_class="permanent",
+                        code="NO_PORTAL",
+                        message=str(exc),
+                        attempts=attempts,
+                    )
+                    for k, c in zip(keys, calls, strict=True)
+                ]
+            self._count_request(request_method, 200, started)
+            breaker.record(True, time.monotonic())
+            self._metrics.breaker_state.labels(portal=batch.portal).set(breaker.state)
+            self._metrics.api_batch_size.labels(method=method).observe(len(calls))
+            if batched:
+                return await self._batch_outcomes(batch, body, calls, keys, attempts)
+            budget.observe(method, body.get("time"), time.time(), time.monotonic())
+            per_element = element_results(body, len(calls))
+            out: list[CallResult] = []
+            for index, (key, call, (ok, error)) in enumerate(
+                zip(keys, calls, per_element, strict=True)
+            ):
+                if ok:
+                    out.append(
+                        CallResult(
+                            key,
+                            call,
+                            True,
+                            element_result_data(body, index),
+                            attempts=attempts,
+                            ambiguous=ambiguous,
+                        )
+                    )
+                else:
+                    code = (error or "SUCCESS_FALSE").split(":")[0].split(" ")[0]
+                    out.append(
+                        CallResult(
+                            key,
+                            call,
+                            False,
+                            error_class="permanent",
+                            code=code,
+                            message=error,
+                            http_status=200,
+                            attempts=attempts,
+                            ambiguous=ambiguous,
+                        )
+                    )
+            return out
+
+    async def _batch_outcomes(
+        self,
+        batch: Batch,
+        body: dict[str, Any],
+        calls: list[PendingCall],
+        keys: list[str],
+        attempts: int,
+    ) -> list[CallResult]:
+        """Results of a REST `batch` of renames; a failed sub-call is re-run on its own.
+
+        Renames are idempotent, so the re-run is safe, and it goes through the same
+        classification, retries and causal wait as any single call.
+        """
+        subs = batch_results(body, len(calls))
+        result = body.get("result")
+        times = result.get("result_time") if isinstance(result, dict) else None
+        if isinstance(times, dict) and times:  # each sub-call counts against its method
+            _, budget, _ = self._portal_policies(batch.portal)
+            last = list(times.values())[-1]
+            budget.observe(batch.method, last, time.time(), time.monotonic())
+        out: list[CallResult] = []
+        for key, call, (ok, code, _) in zip(keys, calls, subs, strict=True):
+            if ok:
+                out.append(CallResult(key, call, True, None, attempts=attempts))
+                continue
+            self._note_batch_refusal(batch.portal, code)
+            out.extend(await self._attempt(batch, [call], [key]))
+        return out
+
+    async def _one_by_one(
+        self, batch: Batch, calls: list[PendingCall], keys: list[str]
+    ) -> list[CallResult]:
+        results: list[CallResult] = []
+        for key, call in zip(keys, calls, strict=True):
+            results.extend(await self._attempt(batch, [call], [key]))
+        return results
+
+    def _note_batch_refusal(self, portal: str, code: str | None) -> None:
+        if code not in BATCH_REFUSED or portal in self._batch_refused:
+            return
+        self._batch_refused.add(portal)
+        logger.warning(
+            "portal %s refused imconnector.chat.name.set inside `batch` (%s): renames go "
+            "one per request from now on (IMCONNECTOR_ENGINE__BATCH_RENAMES=false skips "
+            "the attempt)",
+            portal,
+            code,
+        )
+
+    async def _backoff(self, exc: BitrixError, attempts: int, spent: float) -> float | None:
+        """Sleep before the next try and return the delay; None when the budget is used up."""
+        retry = self._retry
+        if attempts >= retry.max_attempts or spent >= retry.max_elapsed_s:
+            return None
+        ceiling = min(retry.max_delay_s, retry.base_delay_s * (2 ** (attempts - 1)))
+        delay = random.uniform(0, ceiling)  # full jitter
+        if exc.retry_after is not None:
+            delay = max(delay, exc.retry_after)
+        self._metrics.retries.labels(reason=exc.error_class).inc()
+        await asyncio.sleep(delay)
+        return delay
+
+    def _count_request(self, method: str, status: int | None, started: float) -> None:
+        status_class = "transport" if status is None else f"{status // 100}xx"
+        self._metrics.api_requests.labels(method=method, status_class=status_class).inc()
+        self._metrics.api_duration.labels(method=method).observe(time.monotonic() - started)
+
+    @staticmethod
+    def _all_failed(
+        keys: list[str],
+        calls: list[PendingCall],
+        error_class: str,
+        exc: BitrixError,
+        attempts: int,
+        ambiguous: bool,
+    ) -> list[CallResult]:
+        return [
+            CallResult(
+                k,
+                c,
+                False,
+                error_class=error_class,
+                code=exc.code,
+                message=str(exc)[:500],
+                http_status=exc.http_status,
+                attempts=attempts,
+                ambiguous=ambiguous,
+            )
+            for k, c in zip(keys, calls, strict=True)
+        ]

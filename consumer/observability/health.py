@@ -1,0 +1,89 @@
+"""One HTTP port for operators: `/metrics`, `/healthz` (poll loop alive), `/readyz` (restored)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from consumer.observability.metrics import Metrics
+
+
+class OpsServer:
+    """Serves the metrics registry and the two probes on a background thread."""
+
+    def __init__(
+        self,
+        metrics: Metrics,
+        ready: Callable[[], bool],
+        *,
+        host: str = "0.0.0.0",
+        port: int = 9000,
+        stale_after_s: float = 60.0,
+    ) -> None:
+        self.metrics = metrics
+        self._ready = ready
+        self._stale_after = stale_after_s
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                path = self.path.split("?", 1)[0]
+                if path == "/metrics":
+                    self._send(200, generate_latest(server.metrics.registry), CONTENT_TYPE_LATEST)
+                elif path == "/healthz":
+                    alive, why = server.alive()
+                    self._send(200 if alive else 503, why.encode(), "text/plain")
+                elif path == "/readyz":
+                    ok = server._ready()
+                    self._send(
+                        200 if ok else 503,
+                        b"ready" if ok else b"not ready: not assigned or restoring",
+                        "text/plain",
+                    )
+                else:
+                    self._send(404, b"not found", "text/plain")
+
+            def _send(self, status: int, body: bytes, content_type: str) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                return  # probes every few seconds would drown the logs
+
+        self._httpd = ThreadingHTTPServer((host, port), Handler)
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, name="ops-http", daemon=True
+        )
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful with port 0)."""
+        return int(self._httpd.server_address[1])
+
+    def alive(self) -> tuple[bool, str]:
+        """The poll loop ran within `stale_after_s`."""
+        last = self.metrics.poll_heartbeat._value.get()
+        if last == 0:
+            return True, "starting"
+        age = time.time() - last
+        if age > self._stale_after:
+            return False, f"poll loop silent for {age:.0f}s"
+        return True, "ok"
+
+    def start(self) -> OpsServer:
+        """Start serving."""
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving."""
+        self._httpd.shutdown()
+        self._httpd.server_close()

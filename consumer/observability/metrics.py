@@ -1,0 +1,266 @@
+"""Every Prometheus metric the service exports, in one place, on an injected registry.
+
+Label values are small closed sets (outcome, error class, method, status class, topic,
+partition, portal); never chat ids, event ids or error strings. Dashboards
+(`ops/dashboards/`) and alert rules (`ops/alerts/`) use exactly these names.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from threading import Lock
+from typing import Any
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+PREFIX = "imconnector"
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+_BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200)
+
+
+class Metrics:
+    """The service's metrics, registered on `registry` (a fresh one per test)."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        version: str = "0",
+    ) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        p = PREFIX
+        self.build_info = Gauge(
+            f"{p}_build_info",
+            "Always 1; the label carries the version.",
+            ["version"],
+            registry=r,
+        )
+        self.build_info.labels(version=version).set(1)
+        self.events_consumed = Counter(
+            f"{p}_events_consumed_total", "Records read from source topics.", ["topic"], registry=r
+        )
+        self.outcomes = Counter(
+            f"{p}_event_outcomes_total",
+            "Final outcome of every consumed record: applied, duplicate, superseded, moot, "
+            "dead_lettered, ambiguous_resent.",
+            ["outcome"],
+            registry=r,
+        )
+        self.dead_letters = Counter(
+            f"{p}_dead_letters_total",
+            "Records written to a dead-letter topic, by error class.",
+            ["error_class"],
+            registry=r,
+        )
+        self.api_requests = Counter(
+            f"{p}_api_requests_total",
+            "Bitrix24 REST requests by method and status class (2xx, 4xx, 5xx, transport).",
+            ["method", "status_class"],
+            registry=r,
+        )
+        self.api_duration = Histogram(
+            f"{p}_api_request_duration_seconds",
+            "Bitrix24 REST request duration.",
+            ["method"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.api_batch_size = Histogram(
+            f"{p}_api_batch_size",
+            "Events coalesced into one Bitrix24 request.",
+            ["method"],
+            buckets=_BATCH_BUCKETS,
+            registry=r,
+        )
+        self.retries = Counter(
+            f"{p}_retries_total", "Request retries by reason.", ["reason"], registry=r
+        )
+        self.throttle_waits = Counter(
+            f"{p}_throttle_wait_seconds_total",
+            "Seconds spent waiting for rate or operating budgets.",
+            ["reason"],
+            registry=r,
+        )
+        self.token_refreshes = Counter(
+            f"{p}_token_refreshes_total",
+            "OAuth token refreshes by result (ok, adopted, failed).",
+            ["result"],
+            registry=r,
+        )
+        self.breaker_state = Gauge(
+            f"{p}_circuit_breaker_state",
+            "Per-portal breaker: 0 closed, 1 half-open, 2 open.",
+            ["portal"],
+            registry=r,
+        )
+        self.reorder_held = Gauge(
+            f"{p}_reorder_held_events",
+            "Events held in reorder buffers waiting for a gap to fill.",
+            registry=r,
+        )
+        self.sequence_gaps = Counter(
+            f"{p}_sequence_gaps_total",
+            "Sequence gaps given up on, by reason: timeout (gap_timeout_s), chat_buffer_full "
+            "(reorder_buffer_per_chat), buffers_full (max_buffered_events held).",
+            ["reason"],
+            registry=r,
+        )
+        self.event_latency = Histogram(
+            f"{p}_event_latency_seconds",
+            "Event time to the end of its successful call.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.calls_in_flight = Gauge(
+            f"{p}_calls_in_flight", "Bitrix24 calls in flight.", registry=r
+        )
+        self.oldest_event_age = Gauge(
+            f"{p}_oldest_unfinished_event_age_seconds",
+            "Age of the oldest consumed but unfinished event.",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.chats_in_state = Gauge(
+            f"{p}_chats_in_state", "Chat states held in memory.", registry=r
+        )
+        self.parked_chats = Gauge(
+            f"{p}_parked_chats", "Chats parked after exhausted retries.", registry=r
+        )
+        self.restore_records = Counter(
+            f"{p}_state_restore_records_total",
+            "Changelog records replayed while restoring state.",
+            registry=r,
+        )
+        self.restoring_partitions = Gauge(
+            f"{p}_state_restoring_partitions",
+            "Assigned partitions still restoring state.",
+            registry=r,
+        )
+        self.ambiguous_sends = Counter(
+            f"{p}_ambiguous_sends_total",
+            "Calls found in flight after a crash (unknown outcome).",
+            ["policy"],
+            registry=r,
+        )
+        self.transactions = Counter(
+            f"{p}_transactions_total",
+            "Kafka transactions by result (committed, aborted).",
+            ["result"],
+            registry=r,
+        )
+        self.transaction_duration = Histogram(
+            f"{p}_transaction_duration_seconds",
+            "Time to commit one Kafka transaction.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.assigned_partitions = Gauge(
+            f"{p}_assigned_partitions", "Source partitions assigned to this process.", registry=r
+        )
+        self.rebalances = Counter(
+            f"{p}_rebalances_total", "Rebalance callbacks by type.", ["type"], registry=r
+        )
+        self.paused_partitions = Gauge(
+            f"{p}_paused_partitions", "Partitions paused for backpressure.", registry=r
+        )
+        self.partition_pauses = Counter(
+            f"{p}_partition_pauses_total",
+            "Times a partition was paused because its calls piled up (backpressure).",
+            registry=r,
+        )
+        self.poll_heartbeat = Gauge(
+            f"{p}_poll_loop_last_seen_timestamp_seconds",
+            "Unix time the poll loop last ran.",
+            registry=r,
+        )
+        self.ready = Gauge(f"{p}_ready", "1 when assigned partitions are restored.", registry=r)
+        self.kafka = LibrdkafkaStats()
+        r.register(self.kafka)
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
+        # Known label values start at 0 so increase() sees the first failure too.
+        for outcome in ("applied", "duplicate", "superseded", "moot", "skipped", "dead_lettered"):
+            self.outcomes.labels(outcome=outcome)
+        for error_class in (
+            "poison",
+            "permanent",
+            "causal_wait",
+            "auth",
+            "exhausted",
+            "parked",
+            "ambiguous",
+        ):
+            self.dead_letters.labels(error_class=error_class)
+        for result in ("ok", "adopted", "failed"):
+            self.token_refreshes.labels(result=result)
+        for result in ("committed", "aborted"):
+            self.transactions.labels(result=result)
+        for reason in ("timeout", "chat_buffer_full", "buffers_full"):
+            self.sequence_gaps.labels(reason=reason)
+
+
+class LibrdkafkaStats(Collector):
+    """Exposes the latest librdkafka statistics JSON (`stats_cb`) as metrics at scrape time."""
+
+    def __init__(self) -> None:
+        self._lock = Lock()
+        self._stats: dict[str, Any] = {}
+        self._received_at = 0.0
+
+    def update(self, stats_json: str) -> None:
+        """Store one `stats_cb` payload; called from the poll loop."""
+        parsed = json.loads(stats_json)
+        with self._lock:
+            self._stats = parsed
+            self._received_at = time.time()
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        """Yield lag per assigned partition, broker state and group rebalances."""
+        with self._lock:
+            stats = self._stats
+        lag = GaugeMetricFamily(
+            f"{PREFIX}_kafka_consumer_lag",
+            "Messages behind the end of each assigned partition (librdkafka consumer_lag_stored).",
+            labels=["topic", "partition"],
+        )
+        broker_up = GaugeMetricFamily(
+            f"{PREFIX}_kafka_broker_up",
+            "1 when librdkafka's broker connection is UP.",
+            labels=["broker"],
+        )
+        rebalances = CounterMetricFamily(
+            f"{PREFIX}_kafka_group_rebalances", "Consumer group rebalances seen by librdkafka."
+        )
+        for topic, tstats in (stats.get("topics") or {}).items():
+            for pid, pstats in (tstats.get("partitions") or {}).items():
+                if pid == "-1":
+                    continue
+                value = pstats.get("consumer_lag_stored", -1)
+                if value is None or value < 0:
+                    value = pstats.get("consumer_lag", -1)
+                if value is not None and value >= 0:
+                    lag.add_metric([topic, pid], float(value))
+        for name, bstats in (stats.get("brokers") or {}).items():
+            if bstats.get("nodeid", -1) < 0:
+                continue
+            broker_up.add_metric([name], 1.0 if bstats.get("state") == "UP" else 0.0)
+        cgrp = stats.get("cgrp")
+        if cgrp:
+            rebalances.add_metric([], float(cgrp.get("rebalance_cnt", 0)))
+        yield lag
+        yield broker_up
+        yield rebalances
