@@ -137,6 +137,17 @@ class EngineSettings(BaseModel):
     )
 
 
+class TopicSettings(BaseModel):
+    """How the service creates its own topics (changelog, outcomes, dead letters, tokens)."""
+
+    replication_factor: int = Field(
+        default=-1, ge=-1, description="replicas per partition; -1: the broker's default"
+    )
+    min_insync_replicas: int | None = Field(
+        default=None, ge=1, description="min.insync.replicas; unset: the broker's default"
+    )
+
+
 class RetrySettings(BaseModel):
     """Exponential backoff with full jitter, per event."""
 
@@ -181,6 +192,7 @@ class Settings(BaseSettings):
     tokens_topic: str = "imconnector.tokens"
     portals: dict[str, PortalSettings] = Field(default_factory=dict)
     engine: EngineSettings = Field(default_factory=EngineSettings)
+    topics: TopicSettings = Field(default_factory=TopicSettings)
     retry: RetrySettings = Field(default_factory=RetrySettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
     http_port: int = Field(default=9000, ge=0, le=65535)

@@ -18,8 +18,7 @@ from typing import TextIO
 
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
-from consumer.engine.engine import REDRIVE_HEADER
-from consumer.kafka.records import record_headers, record_position
+from consumer.kafka.records import REDRIVE_HEADER, record_headers, record_position
 from consumer.settings import Settings
 
 _STRIP = ("__connect.errors.", "imconnector.error.", REDRIVE_HEADER)

@@ -7,6 +7,7 @@ partition, portal); never chat ids, event ids or error strings. Dashboards
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Iterator
@@ -181,6 +182,12 @@ class Metrics:
             "Times a partition was paused because its calls piled up (backpressure).",
             registry=r,
         )
+        self.registry_waits = Counter(
+            f"{p}_registry_waits_total",
+            "Times a partition went back to a record because the schema registry did not "
+            "answer (it reads the record again after a backoff).",
+            registry=r,
+        )
         self.poll_heartbeat = Gauge(
             f"{p}_poll_loop_last_seen_timestamp_seconds",
             "Unix time the poll loop last ran.",
@@ -203,6 +210,9 @@ class Metrics:
             "exhausted",
             "parked",
             "ambiguous",
+            "invalid_event",
+            "too_large",
+            "lost",
         ):
             self.dead_letters.labels(error_class=error_class)
         for result in ("ok", "adopted", "failed"):
@@ -211,6 +221,11 @@ class Metrics:
             self.transactions.labels(result=result)
         for reason in ("timeout", "chat_buffer_full", "buffers_full"):
             self.sequence_gaps.labels(reason=reason)
+
+    def forget_partition(self, topic: str, partition: int) -> None:
+        """A revoked partition's series go (a stale age must not page anyone)."""
+        with contextlib.suppress(KeyError):
+            self.oldest_event_age.remove(topic, str(partition))
 
 
 class LibrdkafkaStats(Collector):

@@ -347,7 +347,8 @@ def rows() -> list[Row]:
                 timeseries(
                     "Assigned and paused partitions by pod",
                     "Partitions per replica, those paused for backpressure (their calls "
-                    "piled up), and how many times partitions were paused.",
+                    "piled up), how many times partitions were paused, and how many times one "
+                    "went back to a record because the schema registry did not answer.",
                     Target(
                         f"sum by (pod) (imconnector_assigned_partitions{{{SEL}}})",
                         "assigned {{pod}}",
@@ -360,6 +361,11 @@ def rows() -> list[Row]:
                         "sum by (pod) "
                         f"(increase(imconnector_partition_pauses_total{{{SEL}}}[{RATE}]))",
                         "pauses {{pod}}",
+                    ),
+                    Target(
+                        "sum by (pod) "
+                        f"(increase(imconnector_registry_waits_total{{{SEL}}}[{RATE}]))",
+                        "registry waits {{pod}}",
                     ),
                 ),
                 timeseries(
