@@ -82,3 +82,19 @@ def test_extra_fields_are_kept_and_redacted() -> None:
     assert doc["msg"] == "sent it"
     assert doc["portal"] == "p1" and doc["partition"] == 0
     assert "abc123" not in doc["response"]
+
+
+def test_secret_librdkafka_values_are_redacted_from_log_lines() -> None:
+    record = logging.LogRecord(
+        "consumer.kafka.librdkafka",
+        logging.WARNING,
+        __file__,
+        1,
+        "conf: sasl.oauthbearer.client.secret=oidc-1 ssl.keystore.password=ks-2 "
+        "ssl.key.pem=-----BEGIN PRIVATE KEY-----\nMIIEpem3\n-----END PRIVATE KEY-----",
+        (),
+        None,
+    )
+    line = JsonFormatter().format(record)
+    for secret in ("oidc-1", "ks-2", "MIIEpem3"):
+        assert secret not in line
