@@ -19,11 +19,13 @@ from consumer.errors import ConfigError
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from consumer.logs import setup_logging
+    from consumer.observability.tracing import setup_tracing
     from consumer.service import run_service
     from consumer.settings import load_settings
 
     settings = load_settings(args.config)
     setup_logging(settings.log_format, settings.log_level)
+    setup_tracing()  # only when OTEL_TRACES_EXPORTER names an exporter
     return run_service(settings)
 
 

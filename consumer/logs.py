@@ -12,6 +12,7 @@ import sys
 import time
 from typing import Any
 
+from consumer.observability.tracing import TraceContextFilter
 from consumer.redact import redact
 
 # The attributes every LogRecord has; anything else came from `extra=` (or a filter).
@@ -67,6 +68,7 @@ def setup_logging(fmt: str = "auto", level: str = "INFO") -> None:
     _installed = ("json" if use_json else "text", level)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if use_json else TextFormatter())
+    handler.addFilter(TraceContextFilter())  # trace_id/span_id while tracing is on
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

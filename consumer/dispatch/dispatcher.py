@@ -35,6 +35,7 @@ from consumer.errors import (
     TransientError,
 )
 from consumer.observability.metrics import Metrics
+from consumer.observability.tracing import request_span
 from consumer.settings import RetrySettings, Settings
 
 logger = logging.getLogger(__name__)
@@ -358,7 +359,7 @@ class Dispatcher:
             attempts += 1
             started = time.monotonic()
             try:
-                async with self._semaphore:
+                async with self._semaphore, request_span(batch.portal, request_method, calls):
                     if batched:
                         body = await self._client.batch(
                             batch.portal, method, [_params(batch, [c.element]) for c in calls]
