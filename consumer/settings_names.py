@@ -64,7 +64,7 @@ def _spellings(annotation: Any, path: list[str], typed: list[str]) -> Iterator[l
 
 
 def _suggest(wrong: str, candidates: Iterable[str]) -> str:
-    close = difflib.get_close_matches(wrong, list(candidates), n=1, cutoff=0.6)
+    close = difflib.get_close_matches(wrong, list(candidates), n=1, cutoff=0.8)
     return f": did you mean {close[0]}?" if close else " (see README 'Configuration')"
 
 
