@@ -35,6 +35,7 @@ from consumer.errors import (
     TransientError,
 )
 from consumer.observability.metrics import Metrics
+from consumer.observability.tracing import request_span
 from consumer.settings import RetrySettings, Settings
 
 logger = logging.getLogger(__name__)
@@ -418,19 +419,19 @@ class Dispatcher:
             try:
                 await self._gate(batch, calls)
                 async with slots:
-                    revoked = self._revoked_in(batch, calls)
-                    if revoked:
+                    if self._revoked_in(batch, calls):
                         raise _Revoked
                     attempts += 1
                     started = time.monotonic()
-                    if batched:
-                        body = await self._client.batch(
-                            batch.portal, method, [_params(batch, [c.element]) for c in calls]
-                        )
-                    else:
-                        body = await self._client.call(
-                            batch.portal, method, _params(batch, [c.element for c in calls])
-                        )
+                    async with request_span(batch.portal, request_method, calls):
+                        if batched:
+                            body = await self._client.batch(
+                                batch.portal, method, [_params(batch, [c.element]) for c in calls]
+                            )
+                        else:
+                            body = await self._client.call(
+                                batch.portal, method, _params(batch, [c.element for c in calls])
+                            )
             except _Revoked:
                 return await self._without(batch, calls, keys, self._revoked_in(batch, calls))
             except Throttled as exc:

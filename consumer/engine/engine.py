@@ -79,11 +79,7 @@ class Engine:
         self.clock = clock
         self._producer_factory = producer_factory  # a test passes one that watches
         self._create_sources = create_sources
-        self._registry = (
-            SchemaRegistryClient(settings.schema_registry_url)
-            if settings.schema_registry_url
-            else None
-        )
+        self._registry = SchemaRegistryClient.from_settings(settings)
         self.decoder = ChatEventDecoder(self._registry)
         self.parts: dict[tuple[str, int], Partition] = {}
         self.requests = Requests(settings.engine, dispatcher, self.parts)
@@ -125,7 +121,7 @@ class Engine:
         topics = Topics(settings)
         topics.wait_for_cluster()
         topics.ensure(create_sources=self._create_sources)
-        producer_conf = producer_config(settings)
+        producer_conf = producer_config(settings, stats_cb=self.metrics.kafka.update)
         limits = topics.record_limits(int(producer_conf.get("message.max.bytes", 1_000_000)))
         self._record_limit = limits.get(settings.changelog_topic(settings.source_topics[0]), 0)
         self.dispatcher.start()

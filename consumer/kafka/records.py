@@ -11,6 +11,7 @@ from confluent_kafka import Message
 
 from consumer import __version__
 from consumer.core.state import PendingCall
+from consumer.observability.tracing import trace_id
 from consumer.redact import redact
 
 Headers = list[tuple[str, bytes]]
@@ -76,6 +77,9 @@ def dead_letter_headers(
         ("imconnector.event_id", call.event_id.encode()),
         ("imconnector.version", __version__.encode()),
     ]
+    trace = trace_id(call.headers)  # None unless tracing is on
+    if trace is not None:
+        out.append(("imconnector.trace_id", trace.encode()))
     return out
 
 
@@ -95,6 +99,9 @@ def outcome_record(chat: str, call: PendingCall, outcome: str, **fields: Any) ->
     for name, value in fields.items():
         if value is not None:
             doc[name] = redact(value) if isinstance(value, str) else value
+    trace = trace_id(call.headers)  # None unless tracing is on
+    if trace is not None:
+        doc["trace_id"] = trace
     return orjson.dumps(doc)
 
 

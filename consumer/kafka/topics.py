@@ -14,6 +14,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
 )
 
 from consumer.errors import ConfigError
+from consumer.kafka.clients import client_config
 from consumer.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -24,7 +25,7 @@ class Topics:
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._admin = AdminClient(settings.kafka.librdkafka())
+        self._admin = AdminClient(client_config(settings))
 
     def partitions_of(self, topic: str, timeout: float = 10.0) -> int | None:
         """Partition count of `topic`, or None if it does not exist."""
