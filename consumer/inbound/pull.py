@@ -267,6 +267,12 @@ class OfflinePuller:
                     continue
                 try:
                     handled = await self.pull_once(portal)
+                except Throttled as exc:
+                    # The portal's bucket is shared with the engine's calls: slow down
+                    # (the limiter now counts it full), no alarm.
+                    queue.retry_at = time.monotonic() + (exc.retry_after or 1.0)
+                    logger.info("portal %s: pull throttled (%s)", portal, exc.code)
+                    continue
                 except (BitrixError, KafkaUnavailable) as exc:
                     queue.backoff = min(MAX_BACKOFF_S, max(1.0, queue.backoff * 2))
                     queue.retry_at = time.monotonic() + queue.backoff
