@@ -495,9 +495,12 @@ class Portal:
             return self.openlines.snapshot()
 
     def reset(self) -> None:
-        """Forget calls, chats and limit counters; keep tokens, connectors, lines and settings."""
+        """Forget calls, chats and limit counters; keep tokens, connectors, lines and settings
+        (event bindings too: the offline queue and the pushes made are forgotten)."""
         with self.lock:
             self.calls.clear()
             self.openlines.clear_chats()
+            self.events.offline.clear()
+            self.events.deliveries.clear()
             self.bucket.reset()
             self.budget.reset()

@@ -27,8 +27,9 @@ from inbound_helpers import (
 )
 from prometheus_client import CollectorRegistry
 
+from consumer.bitrix.oauth import MemoryTokenStore
 from consumer.inbound.push import ApplicationTokens, PushHandler
-from consumer.inbound.service import push_endpoint
+from consumer.inbound.service import InboundInService, push_endpoint
 from consumer.inbound.sink import AcknowledgedSink
 from consumer.observability.health import OpsServer
 from consumer.observability.metrics import Metrics
@@ -314,3 +315,34 @@ def _answers(url: str) -> bool:
         return httpx.get(url, timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def test_the_service_mounts_the_handler_on_its_port_when_asked(kafka_bootstrap, sim, unique):
+    token = sim.portal.events.application_token
+    off = InboundInService(
+        inbound_settings(kafka_bootstrap, sim, unique),
+        Metrics(CollectorRegistry()),
+        MemoryTokenStore(),
+    )
+    assert off.routes == {}
+    settings = inbound_settings(
+        kafka_bootstrap, sim, unique, application_token=token, push_on_service_port=True
+    )
+    metrics = Metrics(CollectorRegistry())
+    inbound = InboundInService(settings, metrics, MemoryTokenStore())
+    ops = OpsServer(metrics, lambda: True, host="127.0.0.1", port=0, post_routes=inbound.routes)
+    ops.start()
+    try:
+        url = f"http://127.0.0.1:{ops.port}/bitrix24/events"
+        answer = httpx.post(
+            url,
+            content=event_body(sim, token),
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+            timeout=30,
+        )
+        assert answer.status_code == 200, answer.text
+        assert httpx.get(f"http://127.0.0.1:{ops.port}/healthz", timeout=5).status_code == 200
+    finally:
+        ops.stop()
+        inbound.stop()
+    assert len(operator_events(kafka_bootstrap, settings.inbound.topic)) == 1

@@ -308,3 +308,12 @@ def test_a_failed_push_is_recorded_and_never_retried(sim: Sim) -> None:
         assert texts == ["first", "second"]
     finally:
         receiver.close()
+
+
+def test_reset_forgets_the_queue_and_keeps_the_bindings(sim: Sim) -> None:
+    bind_offline(sim)
+    answer(sim, open_chat(sim))
+    assert sim.call("event.offline.list").json()["total"] == 1
+    assert sim.http.post("/_sim/reset").status_code == 200
+    assert sim.call("event.offline.list").json()["total"] == 0
+    assert len(sim.ok("event.get")) == 1
