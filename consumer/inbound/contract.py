@@ -39,15 +39,6 @@ Kind = Literal[
     "StatusDelete",
     "LineDelete",
 ]
-KINDS: tuple[Kind, ...] = (
-    "MessageAdd",
-    "MessageUpdate",
-    "MessageDelete",
-    "DialogStart",
-    "DialogFinish",
-    "StatusDelete",
-    "LineDelete",
-)
 Source = Literal["push", "pull"]
 
 

@@ -129,39 +129,29 @@ def events_from_data(
     kind: Kind, data: Any, *, portal: str, occurred_at: int, source: Source
 ) -> list[OperatorEvent]:
     """The `OperatorEvent`s of one event's `data`: one per chat element."""
+    stamp: dict[str, Any] = {
+        "kind": kind,
+        "portal": portal,
+        "occurred_at": occurred_at,
+        "source": source,
+    }
     if kind in ("MessageAdd", "MessageUpdate", "MessageDelete"):
-        return _message_events(kind, data, portal, occurred_at, source)
+        return _message_events(kind, data, stamp)
     if kind in ("DialogStart", "DialogFinish"):
-        return _dialog_events(kind, data, portal, occurred_at, source)
+        return _dialog_events(data, stamp)
     if kind == "StatusDelete":
         # `{"connector": "...", "line": 107}` in lower case (on-im-connector-status-delete.md).
-        block = _mapping(data, "data")
-        connector = _text(_field(block, "connector"), "data.connector")
-        line = _int(_field(block, "line"), "data.line", 31)
-        return [
-            make_event(
-                kind=kind,
-                portal=portal,
-                connector=connector,
-                line=line,
-                chat_id="",
-                occurred_at=occurred_at,
-                source=source,
-            )
-        ]
+        _, connector, line = _connector_and_line(data)
+        return [make_event(**stamp, connector=connector, line=line, chat_id="")]
     # LineDelete: `data` is the line id itself (on-im-connector-line-delete.md).
-    line = _int(data, "data", 31)
-    return [
-        make_event(
-            kind=kind,
-            portal=portal,
-            connector="",
-            line=line,
-            chat_id="",
-            occurred_at=occurred_at,
-            source=source,
-        )
-    ]
+    return [make_event(**stamp, connector="", line=_int(data, "data", 31), chat_id="")]
+
+
+def _connector_and_line(data: Any) -> tuple[dict[str, Any], str, int]:
+    """`data` as an object, its CONNECTOR and its LINE (any key case)."""
+    block = _mapping(data, "data")
+    connector = _text(_field(block, "CONNECTOR"), "data.CONNECTOR")
+    return block, connector, _int(_field(block, "LINE"), "data.LINE", 31)
 
 
 def events_from_offline_record(record: Mapping[str, Any], portal: str) -> list[OperatorEvent]:
@@ -180,17 +170,12 @@ def events_from_offline_record(record: Mapping[str, Any], portal: str) -> list[O
     )
 
 
-def _message_events(
-    kind: Kind, data: Any, portal: str, occurred_at: int, source: Source
-) -> list[OperatorEvent]:
+def _message_events(kind: Kind, data: Any, stamp: dict[str, Any]) -> list[OperatorEvent]:
     # CONNECTOR, LINE, MESSAGES[] = {im: {chat_id, message_id}, message: {...}, chat: {id}}
     # (on-im-connector-message-add/update/delete.md).
-    block = _mapping(data, "data")
-    connector = _text(_field(block, "CONNECTOR"), "data.CONNECTOR")
-    line = _int(_field(block, "LINE"), "data.LINE", 31)
-    elements = _list(_field(block, "MESSAGES"), "data.MESSAGES")
+    block, connector, line = _connector_and_line(data)
     events = []
-    for index, raw in enumerate(elements):
+    for index, raw in enumerate(_list(_field(block, "MESSAGES"), "data.MESSAGES")):
         where = f"data.MESSAGES[{index}]"
         element = _mapping(raw, where)
         im = _mapping(_field(element, "im"), f"{where}.im")
@@ -207,13 +192,10 @@ def _message_events(
         text = _field(message, "text")
         events.append(
             make_event(
-                kind=kind,
-                portal=portal,
+                **stamp,
                 connector=connector,
                 line=line,
                 chat_id=_text(_field(chat, "id"), f"{where}.chat.id"),
-                occurred_at=occurred_at,
-                source=source,
                 im_chat_id=_int(_field(im, "chat_id"), f"{where}.im.chat_id"),
                 im_message_id=_int(_field(im, "message_id"), f"{where}.im.message_id"),
                 message_ids=message_ids,
@@ -225,16 +207,12 @@ def _message_events(
     return events
 
 
-def _dialog_events(
-    kind: Kind, data: Any, portal: str, occurred_at: int, source: Source
-) -> list[OperatorEvent]:
+def _dialog_events(data: Any, stamp: dict[str, Any]) -> list[OperatorEvent]:
     # CONNECTOR, LINE, DATA[] = {connector: {connector_id, line_id, chat_id, user_id},
     # session: {id, ...}, chat: {id}, user: {id}} (on-im-connector-dialog-start.md). The
     # server fills connector.chat_id with the external chat id and chat.id with the Bitrix24
     # chat (reference §4, imopenlines/lib/connector.php::preparationDataOnSession).
-    block = _mapping(data, "data")
-    connector = _text(_field(block, "CONNECTOR"), "data.CONNECTOR")
-    line = _int(_field(block, "LINE"), "data.LINE", 31)
+    block, connector, line = _connector_and_line(data)
     events = []
     for index, raw in enumerate(_list(_field(block, "DATA"), "data.DATA")):
         where = f"data.DATA[{index}]"
@@ -245,13 +223,10 @@ def _dialog_events(
         im_chat = _field(chat, "id") if isinstance(chat, dict) else None
         events.append(
             make_event(
-                kind=kind,
-                portal=portal,
+                **stamp,
                 connector=connector,
                 line=line,
                 chat_id=_text(_field(inner, "chat_id"), f"{where}.connector.chat_id"),
-                occurred_at=occurred_at,
-                source=source,
                 im_chat_id=None if im_chat is None else _int(im_chat, f"{where}.chat.id"),
                 session_id=_int(_field(session, "id"), f"{where}.session.id"),
             )

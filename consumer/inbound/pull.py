@@ -254,7 +254,8 @@ class OfflinePuller:
             for event in parsed:
                 self._metrics.inbound_received.labels(MODE, event.kind, portal).inc()
             events.extend(parsed)
-            good.append(int(record.get("ID") or 0))
+            record_id = str(record.get("ID") or "")
+            good.append(int(record_id) if record_id.isdigit() else 0)  # ID is an integer key
         return events, [i for i in good if i > 0], [m for m in bad if m]
 
     async def run(self, stop: threading.Event) -> None:

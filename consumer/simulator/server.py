@@ -252,7 +252,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send_json(200 if answered else 404, answered or {"error": "NO_WAITING_CHAT"})
             elif route == "events" and verb == "GET":
                 with portal.lock:
-                    self._send_json(200, portal.events.snapshot())
+                    snapshot = portal.events.snapshot()
+                self._send_json(200, snapshot)
             else:
                 self._send_json(404, {"error": "NOT_FOUND", "error_description": route})
         except (ValueError, KeyError, TypeError) as exc:

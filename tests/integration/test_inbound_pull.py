@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Iterator
 
 import pytest
-from harness import CONNECTOR, LINE, PORTAL, line_simulator, wait_until
+from harness import CONNECTOR, LINE, PORTAL, line_simulator, portal_settings, wait_until
 from inbound_helpers import (
     bind,
     customer_chats,
@@ -275,22 +275,7 @@ def test_pull_runs_as_a_thread_of_the_service(kafka_bootstrap, sim, unique):
 
 def test_events_bind_binds_every_connector_event_offline_once(sim, unique, monkeypatch, capsys):
     monkeypatch.setenv("IMCONNECTOR_KAFKA__BOOTSTRAP_SERVERS", "127.0.0.1:9092")
-    tokens = sim.issue_tokens()
-    monkeypatch.setenv(
-        "IMCONNECTOR_PORTALS",
-        json.dumps(
-            {
-                PORTAL: {
-                    "rest_url": f"{sim.url}/rest/",
-                    "oauth_url": f"{sim.url}/oauth/token/",
-                    "client_id": sim.config.client_id,
-                    "client_secret": sim.config.client_secret,
-                    "access_token": tokens["access_token"],
-                    "refresh_token": tokens["refresh_token"],
-                }
-            }
-        ),
-    )
+    monkeypatch.setenv("IMCONNECTOR_PORTALS", json.dumps({PORTAL: portal_settings(sim)}))
     assert main(["events", "bind"]) == 0
     with sim.portal.lock:
         handlers = sim.portal.events.get({})
