@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 
 from consumer.bitrix.oauth import TokenStore
+from consumer.errors import ConfigError
 from consumer.inbound.pull import PullThread
 from consumer.inbound.push import ApplicationTokens, PushHandler
 from consumer.inbound.sink import AcknowledgedSink, ensure_topic
@@ -39,6 +40,10 @@ class InboundInService:
             self.routes[inbound.push_path] = handler.handle
             logger.info("operator events pushed to :%d%s", settings.http_port, inbound.push_path)
         if inbound.pull_in_service:
+            if not settings.portals:
+                raise ConfigError(
+                    "IMCONNECTOR_INBOUND__PULL_IN_SERVICE needs a portal in IMCONNECTOR_PORTALS"
+                )
             self._pull = PullThread(settings, metrics, store).start()
             logger.info("pulling the offline event queues of %s", ", ".join(settings.portals))
 

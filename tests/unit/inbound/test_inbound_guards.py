@@ -110,3 +110,16 @@ def test_the_application_token_never_shows_in_the_masked_dump(
         '"client_secret": "s", "application_token": "app-token-sentinel"}}',
     )
     assert "app-token-sentinel" not in str(load_settings().masked_dump())
+
+
+def test_pull_in_the_service_needs_a_portal(monkeypatch: pytest.MonkeyPatch) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from consumer.bitrix.oauth import MemoryTokenStore
+    from consumer.inbound.service import InboundInService
+    from consumer.observability.metrics import Metrics
+
+    monkeypatch.setenv("IMCONNECTOR_KAFKA__BOOTSTRAP_SERVERS", "127.0.0.1:9092")
+    monkeypatch.setenv("IMCONNECTOR_INBOUND__PULL_IN_SERVICE", "true")
+    with pytest.raises(ConfigError, match="IMCONNECTOR_PORTALS"):
+        InboundInService(load_settings(), Metrics(CollectorRegistry()), MemoryTokenStore())
