@@ -38,6 +38,8 @@ EXPECTED_ALERTS = {
     "ImconnectorConsumerCircuitBreakerOpen",
     "ImconnectorConsumerTokenRefreshFailing",
     "ImconnectorConsumerTransactionsAborting",
+    "ImconnectorConsumerInboundPullLagGrowing",
+    "ImconnectorConsumerInboundPushEventsLost",
 }
 
 

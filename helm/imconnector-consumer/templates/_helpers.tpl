@@ -170,7 +170,14 @@ Both the ConfigMap and its checksum annotation are built from this.
 {{- if hasKey $p "rateShare" }}
 {{- $_ := set $env (include "imconnector-consumer.portalEnv" (list $portal "RATE_SHARE")) $p.rateShare }}
 {{- end }}
+{{- with $p.memberId }}
+{{- $_ := set $env (include "imconnector-consumer.portalEnv" (list $portal "MEMBER_ID")) . }}
 {{- end }}
+{{- with $p.applicationTokenFile }}
+{{- $_ := set $env (include "imconnector-consumer.portalEnv" (list $portal "APPLICATION_TOKEN_FILE")) . }}
+{{- end }}
+{{- end }}
+{{- include "imconnector-consumer.inboundEnv" (list $env $v) }}
 {{- range $name, $value := $v.config }}
 {{- if regexMatch "(?i)(PASSWORD|SECRET|TOKEN)" $name }}
 {{- fail (printf "config.%s looks like a secret; put it in secretEnv (or existingSecret) so it never lands in the ConfigMap" $name) }}
@@ -196,7 +203,7 @@ Refuses inline secrets when existingSecret is set, so nobody believes they were 
 {{- $_ := set $env "IMCONNECTOR_KAFKA__SASL_PASSWORD" . }}
 {{- end }}
 {{- range $portal, $p := $v.portals }}
-{{- range $field, $envField := dict "clientSecret" "CLIENT_SECRET" "accessToken" "ACCESS_TOKEN" "refreshToken" "REFRESH_TOKEN" }}
+{{- range $field, $envField := dict "clientSecret" "CLIENT_SECRET" "accessToken" "ACCESS_TOKEN" "refreshToken" "REFRESH_TOKEN" "applicationToken" "APPLICATION_TOKEN" }}
 {{- with index $p $field }}
 {{- $_ := set $env (include "imconnector-consumer.portalEnv" (list $portal $envField)) . }}
 {{- end }}
