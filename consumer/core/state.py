@@ -11,6 +11,11 @@ of the calls a commit adds to one partition share a block record (`block_key`,
 `encode_block`), deleted (tombstone) when the last of its calls is done. Changelogs
 written before blocks have one body record per call under `body_key(chat, offset)`;
 they are still read.
+
+The chat's `user` block (the whole profile it sends with every call) is kept in the chat's
+record as a list in the fixed field order of `USER_FIELDS`, so the block it rebuilds is the
+one sent before, key order included (the portal hashes it). Records written before kept
+only the user id (`"u"`); they are still read.
 """
 
 from __future__ import annotations
@@ -25,6 +30,9 @@ import orjson
 # IN_FLIGHT was durably marked before its request left (unknown outcome after a crash).
 QUEUED = 0
 IN_FLIGHT = 1
+
+# The `user` block's fields in the order they are sent; `picture` is kept as its URL.
+USER_FIELDS = ("id", "name", "last_name", "email", "url", "gender", "phone", "picture")
 
 _BODY_MARK = b"\xff"  # never occurs in UTF-8, so never in a chat's own key
 _BLOCK_MARK = b"\xfe"  # never occurs in UTF-8 either, and never starts a body key
@@ -87,6 +95,9 @@ class PendingCall:
     first_failure_ms: int = 0
     held_since_ms: int = 0
     redrive_count: int = 0
+    # Display fields of the user block cleaned to what the portal accepts; not persisted
+    # (counted once, by whoever first handles the call).
+    cleaned: tuple[str, ...] = ()
 
     @property
     def offset(self) -> int:
@@ -159,7 +170,7 @@ class ChatState:
 
     watermark: int = 0  # highest sequence decided (applied, skipped or dead-lettered)
     session: bool = False  # a send succeeded, so the chat has an Open Lines session
-    user_id: str | None = None  # last external user id seen (USER_ID for chat.name.set)
+    user: dict[str, Any] | None = None  # the last whole `user` block (its id: USER_ID)
     outbox: list[PendingCall] = field(default_factory=list)
     held_rename: PendingCall | None = None  # waits for the first successful send
     deleted: list[str] | None = None  # recently deleted external message ids
@@ -189,8 +200,8 @@ class ChatState:
         doc: dict[str, Any] = {"w": self.watermark, "a": self.last_activity_ms}
         if self.session:
             doc["s"] = 1
-        if self.user_id is not None:
-            doc["u"] = self.user_id
+        if self.user is not None:
+            doc["U"] = _user_to_list(self.user)
         if self.outbox:
             doc["o"] = [call.ref() for call in self.outbox]
         if self.held_rename is not None:
@@ -221,7 +232,7 @@ class ChatState:
         return cls(
             watermark=doc.get("w", 0),
             session=bool(doc.get("s")),
-            user_id=doc.get("u"),
+            user=_user_from_doc(doc),
             outbox=[_call(entry, found) for entry in doc.get("o", ())],
             held_rename=None if held is None else _call(held, found),
             deleted=doc.get("d"),
@@ -243,3 +254,25 @@ def _call(entry: list[Any], bodies: Mapping[int, bytes | list[Any]]) -> PendingC
     if isinstance(body, bytes):
         return PendingCall.from_parts(body, entry)
     return PendingCall.from_json([*body, *entry[1:]])
+
+
+def _user_to_list(user: dict[str, Any]) -> list[str | None]:
+    values: list[str | None] = [
+        user["picture"].get("url") if name == "picture" and user.get(name) else user.get(name)
+        for name in USER_FIELDS
+    ]
+    while values and values[-1] is None:
+        values.pop()
+    return values
+
+
+def _user_from_doc(doc: dict[str, Any]) -> dict[str, Any] | None:
+    values = doc.get("U")
+    if values is None:
+        legacy = doc.get("u")  # written when only the user id was kept
+        return None if legacy is None else {"id": legacy}
+    user: dict[str, Any] = {}
+    for name, value in zip(USER_FIELDS, values, strict=False):
+        if value is not None:
+            user[name] = {"url": value} if name == "picture" else value
+    return user
