@@ -186,6 +186,9 @@ class Dispatcher:
         with self._lock:
             self._in_flight += 1
         self._metrics.calls_in_flight.inc(len(batch.calls))
+        for _, call in batch.calls:
+            if call.cleaned:  # counted when the call is first sent
+                self._metrics.count_cleaned(call)
         future = asyncio.run_coroutine_threadsafe(self._run(batch), self._loop)
         future.add_done_callback(lambda f: f.exception())
 

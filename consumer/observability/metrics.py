@@ -11,7 +11,7 @@ import json
 import time
 from collections.abc import Iterator
 from threading import Lock
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import (
     CollectorRegistry,
@@ -187,6 +187,19 @@ class Metrics:
             registry=r,
         )
         self.ready = Gauge(f"{p}_ready", "1 when assigned partitions are restored.", registry=r)
+        self.display_fields_cleaned = Counter(
+            f"{p}_display_fields_cleaned_total",
+            "Customer display fields (name, last_name, email) cleaned or dropped so that the "
+            "portal accepts the user block, counted once per call.",
+            ["field"],
+            registry=r,
+        )
+        self.portal_moves = Counter(
+            f"{p}_portal_moves_total",
+            "Portal domain moves followed (a 301/302/307/308 to the portal's new address).",
+            ["portal"],
+            registry=r,
+        )
         self.kafka = LibrdkafkaStats()
         r.register(self.kafka)
         ProcessCollector(registry=r)
@@ -211,6 +224,21 @@ class Metrics:
             self.transactions.labels(result=result)
         for reason in ("timeout", "chat_buffer_full", "buffers_full"):
             self.sequence_gaps.labels(reason=reason)
+        for name in ("name", "last_name", "email"):
+            self.display_fields_cleaned.labels(field=name)
+
+    def count_cleaned(self, call: Cleaned) -> None:
+        """Count the display fields cleaned in `call`'s user block, once: the mark is
+        cleared, so whoever counts it first (the engine or the dispatcher) counts it."""
+        for name in call.cleaned:
+            self.display_fields_cleaned.labels(field=name).inc()
+        call.cleaned = ()
+
+
+class Cleaned(Protocol):
+    """A call that names the display fields cleaned in it (`consumer.core.state.PendingCall`)."""
+
+    cleaned: tuple[str, ...]
 
 
 class LibrdkafkaStats(Collector):
