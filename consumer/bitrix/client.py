@@ -13,9 +13,9 @@ from urllib.parse import urlencode
 import httpx
 import orjson
 
-from consumer.bitrix.classify import check_response, classify_transport
+from consumer.bitrix.classify import check_answer, check_response, classify_transport, for_method
 from consumer.bitrix.oauth import PortalTokens, TokenSet, TokenStore
-from consumer.errors import AuthError, AuthFailed, ConfigError
+from consumer.errors import AuthError, AuthFailed, BitrixError, ConfigError
 from consumer.settings import HttpSettings, PortalSettings
 
 _JSON = {"Content-Type": "application/json"}
@@ -103,7 +103,7 @@ class BitrixClient:
             except httpx.HTTPError as exc:
                 raise classify_transport(exc) from None
             try:
-                return check_response(response)
+                body = check_response(response)
             except AuthError as exc:
                 if attempt == 3:
                     raise AuthFailed(
@@ -112,6 +112,11 @@ class BitrixClient:
                         http_status=exc.http_status,
                     ) from None
                 await tokens.refresh(current.access_token)
+                continue
+            except BitrixError as exc:
+                raise for_method(method, exc) from None
+            check_answer(method, body, len(params.get("MESSAGES") or ()))
+            return body
         raise AssertionError("unreachable")
 
     async def batch(self, portal: str, method: str, calls: list[dict[str, Any]]) -> dict[str, Any]:

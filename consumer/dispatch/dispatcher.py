@@ -380,25 +380,16 @@ class Dispatcher:
                 self._metrics.retries.labels(reason="throttled").inc()
                 continue
             except AmbiguousError as exc:
-                self._count_request(request_method, None, started)
+                # A timeout or reset after sending, or (on a send) a 5xx, an unreadable
+                # body or an unknown answer: some elements may have been applied.
+                self._count_request(request_method, exc.http_status, started)
                 breaker.record(False, time.monotonic())
                 if method == SEND:
-                    ambiguous = True
                     self._metrics.ambiguous_sends.labels(policy=self._policy).inc(len(calls))
                     if self._policy == "dead-letter":
-                        return [
-                            CallResult(
-                                k,
-                                c,
-                                False,
-                                error_class="ambiguous",
-                                code=exc.code,
-                                message=str(exc),
-                                attempts=attempts,
-                                ambiguous=True,
-                            )
-                            for k, c in zip(keys, calls, strict=True)
-                        ]
+                        # A human decides; nothing is resent, so no `ambiguous_resent` record.
+                        return self._all_failed(keys, calls, "ambiguous", exc, attempts, ambiguous)
+                    ambiguous = True
                 delay = await self._backoff(exc, attempts, backoff_spent)
                 if delay is None:
                     return self._all_failed(keys, calls, "exhausted", exc, attempts, ambiguous)
@@ -425,10 +416,14 @@ class Dispatcher:
                     and isinstance(exc, PermanentError)
                     and exc.code == "ERROR_ARGUMENT"
                 ):
-                    # One malformed element fails the whole request: isolate it.
+                    # One malformed element fails the whole request: isolate it. Safe to
+                    # resend the others: the portal checks every element's structure before
+                    # it runs any (`rest/customconnectors.php::sendMessages`), so none ran.
                     results: list[CallResult] = []
                     for key, call in zip(keys, calls, strict=True):
                         results.extend(await self._attempt(batch, [call], [key]))
+                    for result in results:
+                        result.ambiguous = result.ambiguous or ambiguous
                     return results
                 return self._all_failed(keys, calls, exc.error_class, exc, attempts, ambiguous)
             except BitrixError as exc:  # AuthFailed and anything else: permanent
@@ -456,7 +451,7 @@ class Dispatcher:
             budget.observe(method, body.get("time"), time.time(), time.monotonic())
             per_element = element_results(body, len(calls))
             out: list[CallResult] = []
-            for index, (key, call, (ok, error)) in enumerate(
+            for index, (key, call, (ok, code, error)) in enumerate(
                 zip(keys, calls, per_element, strict=True)
             ):
                 if ok:
@@ -471,7 +466,6 @@ class Dispatcher:
                         )
                     )
                 else:
-                    code = (error or "SUCCESS_FALSE").split(":")[0].split(" ")[0]
                     out.append(
                         CallResult(
                             key,

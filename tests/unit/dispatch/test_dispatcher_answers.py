@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry
 
 from consumer.core.state import PendingCall
 from consumer.dispatch.dispatcher import Batch, BatchDone, Dispatcher
+from consumer.errors import AmbiguousError, PermanentError
 from consumer.observability.metrics import Metrics
 from consumer.settings import RetrySettings
 
@@ -81,3 +82,47 @@ def test_cleaned_display_fields_are_counted_once_per_call() -> None:
         assert value("imconnector_display_fields_cleaned_total", {"field": "name"}) == 2
         assert value("imconnector_display_fields_cleaned_total", {"field": "email"}) == 1
         assert value("imconnector_display_fields_cleaned_total", {"field": "last_name"}) == 0
+
+
+def test_a_batch_refused_with_error_argument_is_split_and_each_element_sent_once() -> None:
+    # The portal checks every element's structure before running any
+    # (`rest/customconnectors.php::sendMessages`), so after ERROR_ARGUMENT none ran.
+    refused = PermanentError("ERROR_ARGUMENT: bad", code="ERROR_ARGUMENT", http_status=400)
+    client = ScriptedClient([refused, ok(1), refused, ok(1)])
+    with dispatcher(client) as (running, _):
+        done = run(running, [call(1), call(2), call(3)])
+    sent = [[m["message"]["id"] for m in params["MESSAGES"]] for _, params in client.requests]
+    assert sent == [["m1", "m2", "m3"], ["m1"], ["m2"], ["m3"]]
+    assert [(r.call.event_id, r.ok, r.code) for r in done.results] == [
+        ("e1", True, None),
+        ("e2", False, "ERROR_ARGUMENT"),
+        ("e3", True, None),
+    ]
+
+
+def test_an_ambiguous_send_is_resent_and_marked_under_the_resend_policy() -> None:
+    failure = AmbiguousError("HTTP 500", code="INTERNAL_SERVER_ERROR", http_status=500)
+    client = ScriptedClient([failure, ok(2)])
+    with dispatcher(client) as (running, metrics):
+        done = run(running, [call(1), call(2)])
+        value = metrics.registry.get_sample_value
+        assert value("imconnector_ambiguous_sends_total", {"policy": "resend"}) == 2
+        assert value("imconnector_api_requests_total", {"method": SEND, "status_class": "5xx"}) == 1
+    assert [(r.ok, r.ambiguous) for r in done.results] == [(True, True), (True, True)]
+
+
+def test_an_ambiguous_send_is_dead_lettered_unsent_under_the_dead_letter_policy() -> None:
+    failure = AmbiguousError("not JSON", code="HTTP_502", http_status=502)
+    client = ScriptedClient([failure])
+    with dispatcher(client, unknown_outcome_policy="dead-letter") as (running, metrics):
+        done = run(running, [call(1)])
+        value = metrics.registry.get_sample_value
+        assert value("imconnector_ambiguous_sends_total", {"policy": "dead-letter"}) == 1
+    assert len(client.requests) == 1
+    [result] = done.results
+    assert (result.ok, result.error_class, result.code, result.ambiguous) == (
+        False,
+        "ambiguous",
+        "HTTP_502",
+        False,  # nothing was resent: no `ambiguous_resent` record
+    )
