@@ -165,8 +165,13 @@ class Dispatcher:
         def on_refresh(result: str) -> None:
             metrics.token_refreshes.labels(result=result).inc()
 
+        def on_move(portal: str) -> None:
+            metrics.portal_moves.labels(portal=portal).inc()
+
         return cls(
-            lambda: BitrixClient(settings.portals, settings.http, store, on_refresh=on_refresh),
+            lambda: BitrixClient(
+                settings.portals, settings.http, store, on_refresh=on_refresh, on_move=on_move
+            ),
             settings.retry,
             metrics,
             max_in_flight=settings.engine.max_in_flight_requests,
