@@ -72,13 +72,14 @@ class ChatEventDecoder:
         the customer's `XML_ID` do not), so a mixed-case id would split users and lines;
         from here on the chat key, the request and the portal all see one spelling.
         """
-        event = self._decode(value)
+        event = self.read(value)
         connector = event.connector
         if not connector.islower() and connector.lower() != connector:
             return replace(event, connector=connector.lower())
         return event
 
-    def _decode(self, value: bytes | None) -> ChatEvent:
+    def read(self, value: bytes | None) -> ChatEvent:
+        """Decode one record value exactly as it was written (no normalisation)."""
         if not value:
             raise UnknownWireFormat("empty record value (a tombstone?)", code="EMPTY")
         if len(value) > _MAX_RECORD_BYTES:
