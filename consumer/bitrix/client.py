@@ -14,6 +14,7 @@ any other `Location` is a permanent error that says what to fix.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlencode, urljoin, urlsplit
@@ -32,6 +33,17 @@ _JSON = {"Content-Type": "application/json"}
 MOVED = frozenset({301, 302, 307, 308})
 MAX_MOVES = 3  # per call: a longer chain (or a loop) is not a domain move
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+# What the portal's `batch` rewrites inside a sub-call's values (rest module
+# `rest_util.php::processBatchElement`: `/\$(result|next|total|time|error)([^\s]*)/i` with a
+# `[key]` in the rest): no escape exists, so such a call must not go inside `batch`.
+_BATCH_PLACEHOLDER = re.compile(r"\$(?:result|next|total|time|error)\S*\[[^\]]+\]", re.IGNORECASE)
+
+
+def batch_safe(params: dict[str, Any]) -> bool:
+    """True when `batch` would pass `params` through unchanged (no placeholder in a value)."""
+    return not any(
+        isinstance(value, str) and _BATCH_PLACEHOLDER.search(value) for value in params.values()
+    )
 
 
 def moved_endpoint(request_url: str, method: str, location: str) -> str | None:
@@ -203,7 +215,8 @@ class BitrixClient:
         """Run `method` once per entry of `calls` in one REST `batch` request (halt=0).
 
         Sub-calls are keyed `c0`, `c1`, ... in order; see `classify.batch_results`. Only
-        flat parameters (e.g. `chat.name.set`) are encoded here.
+        flat parameters (e.g. `chat.name.set`) are encoded here, and only ones that
+        `batch_safe` passes: the caller sends the others directly.
         """
         cmd = {f"c{index}": f"{method}?{urlencode(params)}" for index, params in enumerate(calls)}
         return await self.call(portal, "batch", {"halt": 0, "cmd": cmd})

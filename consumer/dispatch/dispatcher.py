@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, Self
 
 from consumer.bitrix.classify import batch_results, element_result_data, element_results
-from consumer.bitrix.client import BitrixClient
+from consumer.bitrix.client import BitrixClient, batch_safe
 from consumer.bitrix.limits import CircuitBreaker, OperatingBudget, PortalRateLimiter
 from consumer.bitrix.oauth import TokenStore
 from consumer.core.mapping import BATCHABLE, RENAME, SEND
@@ -358,8 +358,11 @@ class Dispatcher:
         ambiguous = False
         _, budget, breaker = self._portal_policies(batch.portal)
         limiter = self._limiters[batch.portal]
-        # Renames take no array: several go out as sub-calls of one REST `batch` request.
+        # Renames take no array: several go out as sub-calls of one REST `batch` request,
+        # unless a value holds what `batch` would rewrite (`$result[...]`, ...).
         batched = method == RENAME and len(calls) > 1
+        if batched and not all(batch_safe(c.element) for c in calls):
+            return await self._one_by_one(batch, calls, keys)
         request_method = "batch" if batched else method
         while True:
             await self._gate(batch)

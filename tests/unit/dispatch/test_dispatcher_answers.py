@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from consumer.core.state import PendingCall
@@ -16,6 +17,7 @@ from consumer.observability.metrics import Metrics
 from consumer.settings import RetrySettings
 
 SEND = "imconnector.send.messages"
+RENAME = "imconnector.chat.name.set"
 
 
 class ScriptedClient:
@@ -32,6 +34,9 @@ class ScriptedClient:
         if isinstance(answer, Exception):
             raise answer
         return answer
+
+    async def batch(self, portal: str, method: str, calls: list[dict[str, Any]]) -> dict[str, Any]:
+        return await self.call(portal, "batch", {"cmd": calls})
 
     async def aclose(self) -> None:
         pass
@@ -126,3 +131,37 @@ def test_an_ambiguous_send_is_dead_lettered_unsent_under_the_dead_letter_policy(
         "HTTP_502",
         False,  # nothing was resent: no `ambiguous_resent` record
     )
+
+
+def rename(n: int, name: str) -> PendingCall:
+    element = {"CHAT_ID": f"c{n}", "NAME": name, "USER_ID": "u"}
+    return PendingCall(f"e{n}", n, "ChatRenamed", RENAME, element, 0, ("t", 0, n))
+
+
+def renamed() -> dict[str, Any]:
+    return {"result": {"SUCCESS": True, "DATA": {"RESULT": {}}}}
+
+
+def batched(count: int) -> dict[str, Any]:
+    answers = {f"c{i}": {"SUCCESS": True, "DATA": {"RESULT": {}}} for i in range(count)}
+    return {"result": {"result": answers, "result_error": []}}
+
+
+@pytest.mark.parametrize(
+    "name", ["Sale $result[c0] today", "$NEXT[x]", "a $Time[c1][start]", "$error[c0][error]"]
+)
+def test_a_rename_that_batch_would_rewrite_goes_out_directly(name: str) -> None:
+    client = ScriptedClient([renamed()] * 3)
+    with dispatcher(client) as (running, _):
+        done = run(running, [rename(1, "Plain"), rename(2, name), rename(3, "Other")], RENAME)
+    assert [method for method, _ in client.requests] == [RENAME] * 3
+    assert client.requests[1][1]["NAME"] == name
+    assert all(result.ok for result in done.results)
+
+
+def test_renames_without_placeholders_share_one_batch_request() -> None:
+    client = ScriptedClient([batched(2)])
+    with dispatcher(client) as (running, _):
+        done = run(running, [rename(1, "A $5 [deal]"), rename(2, "$resultless")], RENAME)
+    assert [method for method, _ in client.requests] == ["batch"]
+    assert all(result.ok for result in done.results)
