@@ -168,6 +168,9 @@ class Dispatcher:
         def on_move(portal: str) -> None:
             metrics.portal_moves.labels(portal=portal).inc()
 
+        for portal in settings.portals:  # at 0, so increase() sees the first move too
+            metrics.portal_moves.labels(portal=portal)
+
         return cls(
             lambda: BitrixClient(
                 settings.portals, settings.http, store, on_refresh=on_refresh, on_move=on_move
