@@ -96,7 +96,8 @@ def http_client(http_settings: HttpSettings) -> httpx.AsyncClient:
 
 
 class BitrixClient:
-    """Calls `imconnector.*` methods on the configured portals."""
+    """Calls `imconnector.*` methods on the configured portals, each through a connection
+    pool of its own (one portal's hung requests never hold another's connections)."""
 
     def __init__(
         self,
@@ -107,7 +108,7 @@ class BitrixClient:
         on_refresh: object = None,
         on_move: Callable[[str], None] | None = None,
     ) -> None:
-        self._http = http_client(http_settings)
+        self._http = {name: http_client(http_settings) for name in portals}
         self.portals = portals
         self.moved: dict[str, str] = {}  # portal -> endpoint it moved to (301/302/307/308)
         self._on_move = on_move
@@ -119,15 +120,16 @@ class BitrixClient:
                 client_id=cfg.client_id,
                 client_secret=cfg.client_secret.get_secret_value(),
                 store=store,
-                http=self._http,
+                http=self._http[name],
                 on_refresh=on_refresh,
             )
             for name, cfg in portals.items()
         }
 
     async def aclose(self) -> None:
-        """Close the connection pool."""
-        await self._http.aclose()
+        """Close the connection pools."""
+        for http in self._http.values():
+            await http.aclose()
 
     def _portal(self, portal: str) -> PortalTokens:
         tokens = self.tokens.get(portal)
@@ -173,7 +175,7 @@ class BitrixClient:
         for _ in range(MAX_MOVES + 1):
             url = f"{self.endpoint(portal, tokens)}{method}"
             try:
-                response = await self._http.post(url, content=content, headers=_JSON)
+                response = await self._http[portal].post(url, content=content, headers=_JSON)
             except httpx.HTTPError as exc:
                 raise classify_transport(exc) from None
             if response.status_code not in MOVED:

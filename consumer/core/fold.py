@@ -35,10 +35,10 @@ from consumer.core.mapping import (
     element_with_user,
 )
 from consumer.core.ordering import forget_event_id
+from consumer.core.ranges import RangeSet
 from consumer.core.state import IN_FLIGHT, QUEUED, ChatState, PendingCall
 
 _DELETED_MEMORY = 32
-_FAILED_MEMORY = 1000
 _USER_METHODS = frozenset({SEND, UPDATE, DELETE})  # their element carries the user block
 
 
@@ -114,9 +114,9 @@ def _remember_failed(state: ChatState, call: PendingCall) -> None:
     if call.seq is None:
         forget_event_id(state, call.event_id)
         return
-    failed = state.failed or []
-    failed.append(call.seq)
-    state.failed = failed[-_FAILED_MEMORY:]
+    if state.failed is None:
+        state.failed = RangeSet()
+    state.failed.add(call.seq)
 
 
 def _dead(

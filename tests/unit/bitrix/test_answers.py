@@ -140,7 +140,7 @@ def _client(handler: Any) -> BitrixClient:
         refresh_token=SecretStr("r"),
     )
     client = BitrixClient({"p": portal}, HttpSettings(), MemoryTokenStore())
-    client._http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    client._http = {"p": httpx.AsyncClient(transport=httpx.MockTransport(handler))}
     return client
 
 

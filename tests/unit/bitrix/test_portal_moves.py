@@ -74,7 +74,7 @@ def _client(portal: Portal, moves: list[str]) -> BitrixClient:
         refresh_token=SecretStr("r"),
     )
     client = BitrixClient({"p": settings}, HttpSettings(), MemoryTokenStore(), on_move=moves.append)
-    client._http = httpx.AsyncClient(transport=httpx.MockTransport(portal))
+    client._http = {"p": httpx.AsyncClient(transport=httpx.MockTransport(portal))}
     return client
 
 

@@ -30,6 +30,7 @@ from consumer.core.mapping import (
 )
 from consumer.core.state import ChatState, PendingCall
 from consumer.settings import EngineSettings
+from consumer.store.encoding import chat_doc, decode_chat, encode_body, encode_chat
 
 FULL = ExternalUser(
     id="u1",
@@ -120,17 +121,18 @@ def test_statuses_carry_no_user_block_but_their_user_is_remembered() -> None:
 def test_the_block_survives_the_changelog_exactly_and_compactly() -> None:
     state = ChatState()
     sent = sent_user(state, ev(MessageSent("m1", "hi")))
-    data = state.to_bytes()
+    data = encode_chat(state)
     assert b'"name"' not in data  # positional, not a dict per chat record
-    restored = ChatState.from_bytes(data, state.bodies())
-    assert restored.user is not None
+    bodies = {call.offset: encode_body(call) for call in state.calls()}
+    restored, missing = decode_chat(chat_doc(data), bodies)
+    assert restored.user is not None and missing == []
     assert list(restored.user.items()) == list(sent.items())
     assert sent_user(restored, ev(MessageEdited("m1", "x"), None)) == sent
 
 
 def test_changelogs_that_kept_only_the_user_id_are_still_read() -> None:
     legacy = orjson.dumps({"w": 3, "a": 0, "u": "u7"})
-    state = ChatState.from_bytes(legacy)
+    state, _ = decode_chat(chat_doc(legacy), {})
     assert state.user == {"id": "u7"}
     call, _ = feed(state, ev(MessageDeleted("m1"), None))
     assert call.element["user"] == {"id": "u7"}
