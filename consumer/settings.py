@@ -198,7 +198,11 @@ class EngineSettings(BaseModel):
     chat_ttl_s: float = Field(default=7 * 86400.0, gt=0)
     commit_interval_ms: int = Field(default=50, ge=1)
     unknown_outcome_policy: Literal["resend", "dead-letter"] = "resend"
-    send_status_reading: bool = True
+    send_status_reading: bool = Field(
+        default=False,
+        description="send ReadConfirmed as imconnector.send.status.reading: the server does "
+        "nothing with it (a stub) and each call costs rate budget",
+    )
     batch_renames: bool = Field(
         default=True,
         description="send up to 50 chat.name.set calls as one REST `batch` request; a "

@@ -2,7 +2,12 @@
 
 Handles both whole-call failure shapes of the reference (§3.7 caveat): HTTP 4xx/5xx with
 `error`, and HTTP 200 with `result.SUCCESS == false`; and per-element `SUCCESS: false`
-inside `DATA.RESULT`. Unknown 4xx codes are permanent, unknown 5xx transient.
+inside `DATA.RESULT`. Unknown 4xx codes are permanent, unknown 5xx transient, except for
+`imconnector.send.messages`: the portal runs its elements one by one and keeps each
+(`imopenlines/lib/connector.php::addMessage`, not idempotent) under a 60 s cut-off, so a
+5xx, an unreadable body or an answer of a shape not known here may come after some were
+applied: ambiguous (`for_method`, `check_answer`). Per-element `ERRORS` are texts; their
+codes come from `consumer.bitrix.element_errors`.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from typing import Any
 import httpx
 import orjson
 
+from consumer.bitrix.element_errors import element_error_code
 from consumer.errors import (
     AmbiguousError,
     AuthError,
@@ -30,6 +36,18 @@ CAUSAL_CODES = frozenset({"CHAT_RENAMING_FAILED"})
 TRANSIENT_CODES = frozenset(
     {"INTERNAL_SERVER_ERROR", "ERROR_UNEXPECTED_ANSWER", "OVERLOAD_LIMIT", "CONNECTION_ERROR"}
 )
+SEND = "imconnector.send.messages"
+MESSAGE_METHODS = frozenset({SEND, "imconnector.update.messages", "imconnector.delete.messages"})
+# The calls events make; the connector admin methods answer in shapes of their own.
+EVENT_METHODS = MESSAGE_METHODS | {
+    "imconnector.send.status.delivery",
+    "imconnector.send.status.reading",
+    "imconnector.chat.name.set",
+}
+# Refusals the portal makes before running anything (`OVERLOAD_LIMIT` blocks the portal,
+# `QUERY_LIMIT_EXCEEDED` is the leaky bucket): not ambiguous even on a send.
+_REFUSED_BEFORE_RUNNING = frozenset({"OVERLOAD_LIMIT", "QUERY_LIMIT_EXCEEDED"})
+UNEXPECTED_ANSWER = "UNEXPECTED_ANSWER"
 
 
 def classify_error(
@@ -98,26 +116,89 @@ def check_response(response: httpx.Response) -> dict[str, Any]:
     return body
 
 
-def element_results(body: dict[str, Any], count: int) -> list[tuple[bool, str | None]]:
-    """Per-element `(ok, error text)` from `result.DATA.RESULT`, index-aligned with MESSAGES.
+def for_method(method: str, exc: BitrixError) -> BitrixError:
+    """`exc` as it counts for `method`: on a send, a server-side failure after the request
+    reached the portal (5xx, a body that is not JSON) may follow applied elements, so it is
+    an `AmbiguousError`; everything else stays as it is."""
+    if (
+        method == SEND
+        and type(exc) is TransientError
+        and exc.http_status is not None
+        and exc.http_status >= 500
+        and exc.code not in _REFUSED_BEFORE_RUNNING
+    ):
+        return AmbiguousError(
+            f"{exc} (the portal may have applied some of the messages)",
+            code=exc.code or f"HTTP_{exc.http_status}",
+            http_status=exc.http_status,
+            retry_after=exc.retry_after,
+        )
+    return exc
 
+
+def check_answer(method: str, body: dict[str, Any], count: int) -> None:
+    """Raise unless `body` has the shape `method` answers with (docs, method pages): a
+    message method `{"SUCCESS", "DATA": {"RESULT": [{"SUCCESS": bool, ...}, ...]}}` with
+    one entry per element sent, the other calls events make `{"SUCCESS": true, ...}`.
+    An unknown shape is never success: ambiguous on a send, permanent otherwise."""
+    if method not in EVENT_METHODS:
+        return
+    problem = _shape_problem(method, body.get("result"), count)
+    if problem is None:
+        return
+    text = f"{UNEXPECTED_ANSWER}: {method} answered {problem}"
+    if method == SEND:
+        raise AmbiguousError(
+            text + " (the portal may have applied some of the messages)",
+            code=UNEXPECTED_ANSWER,
+            http_status=200,
+        )
+    raise PermanentError(text, code=UNEXPECTED_ANSWER, http_status=200)
+
+
+def _shape_problem(method: str, result: object, count: int) -> str | None:
+    if not isinstance(result, dict) or result.get("SUCCESS") is not True:
+        return "without result.SUCCESS = true"
+    if method not in MESSAGE_METHODS:
+        return None
+    data = result.get("DATA")
+    items = data.get("RESULT") if isinstance(data, dict) else None
+    if not isinstance(items, list) or len(items) != count:
+        return f"without a DATA.RESULT list of {count} entries"
+    for item in items:
+        if not isinstance(item, dict) or not isinstance(item.get("SUCCESS"), bool):
+            return "a DATA.RESULT entry without a boolean SUCCESS"
+    return None
+
+
+def element_results(body: dict[str, Any], count: int) -> list[tuple[bool, str | None, str]]:
+    """Per-element `(ok, code, error text)` from `result.DATA.RESULT`, index-aligned with
+    MESSAGES (the shape was checked by `check_answer`).
+
+    `ERRORS` holds the portal's texts: the code is the one they stand for
+    (`element_errors.element_error_code`), the text is kept whole for the dead letter.
     Methods whose `DATA` carries no per-element list (the status methods) succeed whole.
     """
     result = body.get("result")
     data = result.get("DATA") if isinstance(result, dict) else None
     items = data.get("RESULT") if isinstance(data, dict) else None
     if not isinstance(items, list):
-        return [(True, None)] * count
-    out: list[tuple[bool, str | None]] = []
+        return [(True, None, "")] * count
+    out: list[tuple[bool, str | None, str]] = []
     for index in range(count):
         item = items[index] if index < len(items) else None
         if not isinstance(item, dict):
-            out.append((False, "MISSING_ELEMENT_RESULT: the response had no result for it"))
+            missing = "MISSING_ELEMENT_RESULT"
+            out.append((False, missing, f"{missing}: the response had no result for it"))
         elif item.get("SUCCESS") is False:
-            errors = item.get("ERRORS") or ["SUCCESS_FALSE"]
-            out.append((False, "; ".join(str(e) for e in errors)))
+            raw = item.get("ERRORS")
+            errors = [str(e) for e in raw] if isinstance(raw, list) else []
+            if isinstance(raw, str):
+                errors = [raw]
+            text = "; ".join(errors) or "SUCCESS false without ERRORS"
+            out.append((False, element_error_code(errors), text))
         else:
-            out.append((True, None))
+            out.append((True, None, ""))
     return out
 
 

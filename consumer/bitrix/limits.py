@@ -48,12 +48,17 @@ class OperatingBudget:
     """Per-method execution-time budget from `time.operating` / `operating_reset_at`.
 
     When the reported `operating` reaches `limit * headroom`, that method pauses until
-    `operating_reset_at`, before the portal answers `OPERATION_TIME_LIMIT`.
+    `operating_reset_at`, before the portal answers `OPERATION_TIME_LIMIT`. The portal sends
+    no `Retry-After` with that 429: the docs (`limits.md`) say to retry at the
+    `operating_reset_at` of the last successful answer, so every answer's reset time is
+    kept per method; 60 s is the wait only when none is known.
     """
 
     limit: float = 480.0
     headroom: float = 0.9
+    unknown_wait: float = 60.0
     paused_until: dict[str, float] = field(default_factory=dict)
+    resets_at: dict[str, float] = field(default_factory=dict)  # monotonic, per method
 
     def observe(self, method: str, time_block: object, wall_now: float, now: float) -> None:
         """Read the `time` block of a successful response."""
@@ -63,12 +68,19 @@ class OperatingBudget:
         reset_at = time_block.get("operating_reset_at")
         if not isinstance(operating, int | float) or not isinstance(reset_at, int | float):
             return
+        reset = now + max(0.0, float(reset_at) - wall_now)
+        self.resets_at[method] = reset
         if operating >= self.limit * self.headroom:
-            self.paused_until[method] = now + max(0.0, float(reset_at) - wall_now)
+            self.paused_until[method] = reset
 
     def exceeded(self, method: str, now: float, retry_after: float | None) -> None:
-        """The portal answered OPERATION_TIME_LIMIT for `method`."""
-        wait = retry_after if retry_after is not None else 60.0
+        """The portal answered OPERATION_TIME_LIMIT for `method`: pause it until the reset
+        time last reported for it (a `Retry-After`, should one come, wins)."""
+        if retry_after is not None:
+            wait = retry_after
+        else:
+            reset = self.resets_at.get(method, 0.0)
+            wait = reset - now if reset > now else self.unknown_wait
         self.paused_until[method] = max(self.paused_until.get(method, 0.0), now + wait)
 
     def wait(self, method: str, now: float) -> float:

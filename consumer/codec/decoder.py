@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import struct
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any, Literal, NamedTuple, cast
 
 import fastavro
@@ -64,7 +65,21 @@ class ChatEventDecoder:
         self._checked: dict[int, _WriterCheck] = {}
 
     def decode(self, value: bytes | None) -> ChatEvent:
-        """Decode one record value."""
+        """Decode one record value.
+
+        The connector id comes out lower-cased, once, here: the portal lower-cases it in
+        some places and not in others (`Connector::isConnector` does, the line status and
+        the customer's `XML_ID` do not), so a mixed-case id would split users and lines;
+        from here on the chat key, the request and the portal all see one spelling.
+        """
+        event = self.read(value)
+        connector = event.connector
+        if not connector.islower() and connector.lower() != connector:
+            return replace(event, connector=connector.lower())
+        return event
+
+    def read(self, value: bytes | None) -> ChatEvent:
+        """Decode one record value exactly as it was written (no normalisation)."""
         if not value:
             raise UnknownWireFormat("empty record value (a tombstone?)", code="EMPTY")
         if len(value) > _MAX_RECORD_BYTES:

@@ -9,6 +9,12 @@ Rules:
   held longer than the rename timeout it is dead-lettered (class `causal_wait`);
 * a newer rename supersedes an older one still held for the session;
 * an edit or delete of a message already deleted is moot;
+* an edit with neither text nor files is dead-lettered (`EMPTY_UPDATE`): the portal refuses
+  such an update element (`connectors/base.php::processingInputNewAndUpdateMessage`), and an
+  update changes the text only, so there is nothing to send;
+* every call of a chat carries the last whole `user` block the chat was given
+  (`consumer.core.mapping.chat_user_block`), so an event without `user` never blanks the
+  customer's profile on the portal;
 * when a call exhausts its retries the chat is parked: its later events are dead-lettered
   in order (class `parked`) until a redrive replays the chat.
 """
@@ -20,12 +26,20 @@ from typing import Any
 
 from consumer.core.events import ChatEvent, MessageDeleted, MessageEdited
 from consumer.core.frozen import frozen
-from consumer.core.mapping import RENAME, SEND, element_for
+from consumer.core.mapping import (
+    DELETE,
+    RENAME,
+    SEND,
+    UPDATE,
+    chat_user_block,
+    element_with_user,
+)
 from consumer.core.ordering import forget_event_id
 from consumer.core.ranges import RangeSet
 from consumer.core.state import IN_FLIGHT, QUEUED, ChatState, PendingCall
 
 _DELETED_MEMORY = 32
+_USER_METHODS = frozenset({SEND, UPDATE, DELETE})  # their element carries the user block
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,7 +47,7 @@ class FoldConfig:
     """The knobs the fold needs."""
 
     rename_wait_timeout_ms: int = 3_600_000
-    send_status_reading: bool = True
+    send_status_reading: bool = False
 
 
 @frozen
@@ -61,9 +75,11 @@ def new_call(
     raw_key: bytes = b"",
     headers: tuple[tuple[str, bytes], ...] = (),
 ) -> PendingCall:
-    """The outbox entry for `event` (method and request element from `consumer.core.mapping`)."""
-    method, element = element_for(event, state.user_id)
-    return PendingCall(
+    """The outbox entry for `event` (method and request element from `consumer.core.mapping`);
+    `PendingCall.cleaned` names the display fields cleaned in its user block."""
+    user, cleaned = chat_user_block(event, state.user)
+    method, element = element_with_user(event, user)
+    call = PendingCall(
         event.event_id,
         event.sequence,
         event.kind,
@@ -75,6 +91,23 @@ def new_call(
         raw_key,
         headers,
     )
+    call.cleaned = cleaned
+    return call
+
+
+def _remember_user(state: ChatState, event: ChatEvent, call: PendingCall) -> None:
+    """The chat's user block becomes the one `event` brought (the call already built it)."""
+    if event.user is None:
+        return
+    if call.method in _USER_METHODS:
+        state.user = call.element["user"]
+    else:
+        state.user = chat_user_block(event, state.user)[0]
+
+
+def _is_empty_update(payload: MessageEdited) -> bool:
+    # Text "0" is text: only a missing or empty one counts (the portal's `Library::isEmpty`).
+    return not payload.text and not payload.files
 
 
 def _remember_failed(state: ChatState, call: PendingCall) -> None:
@@ -109,8 +142,7 @@ def on_event(
 ) -> list[Outcome]:
     """Fold an admitted (new, in-order) event; returns the outcomes decided right away."""
     state.last_activity_ms = now_ms
-    if event.user is not None:
-        state.user_id = event.user.id
+    _remember_user(state, event, call)
     if state.parked:
         if not redrive:
             return [
@@ -130,6 +162,17 @@ def on_event(
     if isinstance(payload, MessageEdited | MessageDeleted):
         if state.deleted and payload.message_id in state.deleted:
             return [Outcome(call, "moot", code="MESSAGE_DELETED")]
+        if isinstance(payload, MessageEdited) and _is_empty_update(payload):
+            return [
+                _dead(
+                    state,
+                    call,
+                    "permanent",
+                    "EMPTY_UPDATE",
+                    "the edit has neither text nor files: Bitrix24 refuses such an "
+                    "imconnector.update.messages element, so it was not sent",
+                )
+            ]
         if isinstance(payload, MessageDeleted):
             deleted = state.deleted or []
             deleted.append(payload.message_id)

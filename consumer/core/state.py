@@ -2,7 +2,9 @@
 
 Pure data. An idle chat holds a handful of small fields, so memory stays bounded by active
 chats (idle ones expire by TTL). How a state is written to the changelog topic is
-`consumer.store`'s business alone.
+`consumer.store`'s business alone; the chat's `user` block goes there as the compact list
+of `user_to_list` (the fixed field order of `USER_FIELDS`, so the block rebuilt is the one
+sent before, key order included: the portal hashes it).
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ from consumer.core.ranges import RangeSet
 # IN_FLIGHT was durably marked before its request left (unknown outcome after a crash).
 QUEUED = 0
 IN_FLIGHT = 1
+
+# The `user` block's fields in the order they are sent; `picture` is kept as its URL.
+USER_FIELDS = ("id", "name", "last_name", "email", "url", "gender", "phone", "picture")
 
 
 @dataclass(slots=True)
@@ -37,6 +42,9 @@ class PendingCall:
     first_failure_ms: int = 0
     held_since_ms: int = 0
     redrive_count: int = 0
+    # Display fields of the user block cleaned to what the portal accepts; not persisted
+    # (counted once, by whoever first handles the call).
+    cleaned: tuple[str, ...] = ()
 
     @property
     def offset(self) -> int:
@@ -50,7 +58,7 @@ class ChatState:
 
     watermark: int = 0  # highest sequence decided (applied, skipped or dead-lettered)
     session: bool = False  # a send succeeded, so the chat has an Open Lines session
-    user_id: str | None = None  # last external user id seen (USER_ID for chat.name.set)
+    user: dict[str, Any] | None = None  # the last whole `user` block (its id: USER_ID)
     outbox: list[PendingCall] = field(default_factory=list)
     held_rename: PendingCall | None = None  # waits for the first successful send
     deleted: list[str] | None = None  # recently deleted external message ids
@@ -74,3 +82,23 @@ class ChatState:
         if self.held_rename is None:
             return self.outbox
         return [*self.outbox, self.held_rename]
+
+
+def user_to_list(user: dict[str, Any]) -> list[str | None]:
+    """The `user` block as a list in `USER_FIELDS` order (trailing blanks dropped)."""
+    values: list[str | None] = [
+        user["picture"].get("url") if name == "picture" and user.get(name) else user.get(name)
+        for name in USER_FIELDS
+    ]
+    while values and values[-1] is None:
+        values.pop()
+    return values
+
+
+def user_from_list(values: list[str | None]) -> dict[str, Any]:
+    """Inverse of `user_to_list`."""
+    user: dict[str, Any] = {}
+    for name, value in zip(USER_FIELDS, values, strict=False):
+        if value is not None:
+            user[name] = {"url": value} if name == "picture" else value
+    return user

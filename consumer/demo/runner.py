@@ -1,7 +1,10 @@
 """The embedded default: local Kafka + Bitrix24 simulator + demo traffic + the consumer.
 
 `imconnector-consumer demo` produces realistic chat traffic (both wire formats, a few
-duplicates, late events and poison records) and prints what flows where until stopped.
+duplicates, late events and poison records; customer names as messengers hand them over,
+and edits, deletes and renames without a user block, as many producers send them) and
+prints what flows where until stopped, including whether every customer kept their name
+on the portal (the simulator rewrites profiles the way the real server code does).
 The other direction runs too: simulated operators answer, their events reach Kafka, and
 the demo's upstream confirms each delivery (`consumer.demo.upstream`).
 """
@@ -23,8 +26,9 @@ from confluent_kafka import Producer
 from consumer import __version__
 from consumer.bitrix.oauth import MemoryTokenStore
 from consumer.codec import ChatEventEncoder, SchemaRegistryClient
+from consumer.core.events import ExternalUser
 from consumer.demo.upstream import ANSWERS, DemoUpstream, bind_offline, delivered_on_portal
-from consumer.demo.workload import chat_script, interleave
+from consumer.demo.workload import FIRST_NAMES, LAST_NAMES, WILD_NAMES, chat_script, interleave
 from consumer.engine.engine import Engine
 from consumer.observability.health import OpsServer
 from consumer.observability.metrics import Metrics
@@ -35,6 +39,9 @@ logger = logging.getLogger(__name__)
 CONNECTOR = "demo_connector"
 LINE = 1
 PORTAL = "demo-portal"
+# Simulated execution time per call element: the per-method operating budget is charged
+# (480 s per 10 minutes, `time.operating` in every answer) as on a real portal.
+OPERATING_COST_PER_ELEMENT = 0.02
 
 
 def _sample(values: dict[str, Any] | None) -> str:
@@ -51,7 +58,10 @@ def run_demo(bootstrap: str, duration: float, chats: int, rate: float, http_port
     # Enterprise-plan limits (5 req/s, burst 250): the demo shows batching under a real limit.
     sim = SimulatorServer(
         SimulatorConfig(
-            preset_lines=[(CONNECTOR, LINE)], rate_limit_drain=5.0, rate_limit_burst=250
+            preset_lines=[(CONNECTOR, LINE)],
+            rate_limit_drain=5.0,
+            rate_limit_burst=250,
+            operating_cost_per_element=OPERATING_COST_PER_ELEMENT,
         )
     ).start()
     tokens = sim.issue_tokens()
@@ -172,6 +182,17 @@ def _produce_traffic(
     ]
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20})
     next_sequence = {f"chat-{i:04d}": 1 for i in range(chats)}
+    # One customer per chat; every third name is one Bitrix24 would refuse as it is.
+    every_name = [*WILD_NAMES, *FIRST_NAMES]
+    customer = {
+        chat: ExternalUser(
+            f"user-{chat}",
+            name=every_name[i % len(every_name)],
+            last_name=LAST_NAMES[i % len(LAST_NAMES)],
+            url=f"https://messenger.example/{chat}",
+        )
+        for i, chat in enumerate(next_sequence)
+    }
     while not stop.is_set():
         scripts = []
         for chat_id, first in next_sequence.items():
@@ -184,6 +205,8 @@ def _produce_traffic(
                 rng.randint(2, 6),
                 start_ms=int(time.time() * 1000),
                 first_sequence=first,
+                user=customer[chat_id],
+                user_on_sends_only=True,
             )
             next_sequence[chat_id] = first + len(script)
             scripts.append(script)
@@ -242,10 +265,22 @@ def _report(
         s.labels["error_class"]: int(s.value)
         for s in _samples(metrics, "imconnector_dead_letters_total")
     }
+    cleaned = {
+        s.labels["field"]: int(s.value)
+        for s in _samples(metrics, "imconnector_display_fields_cleaned_total")
+        if s.value
+    }
+    state = sim.portal.state()
+    profiles = state["profiles"]
     elapsed = time.monotonic() - started
     head = "final" if final else f"{elapsed:5.0f}s"
     print(f"[{head}] produced {dict(produced)}")
     print(f"        outcomes {outcomes}  dead-lettered {dead}")
+    print(
+        f"        customers {len(state['users'])}: profiles rewritten "
+        f"{profiles['updates']}, renamed to Guest {profiles['guest_overwrites']}; "
+        f"names cleaned before sending {cleaned or 0}"
+    )
     print(f"        Bitrix24 requests {dict(by_method)}")
     if batched:
         print(f"        calls inside batch requests {dict(batched)}")

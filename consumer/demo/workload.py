@@ -45,6 +45,18 @@ FIRST_NAMES = (
     "Priya",
 )
 LAST_NAMES = ("Ivanova", "Schmidt", "Garcia", "Kowalski", "Nguyen", "Okafor", "Rossi", "Sato")
+# What messengers really hand over as names, much of it outside what Bitrix24 accepts
+# (letters, spaces, `-`, `'`, at most 25 characters): the service cleans them.
+WILD_NAMES = (
+    "R2D2",
+    "Anna 🌸",
+    "J. Smith",
+    "Maximilian-Alexander Christopher",
+    "O\u2019Brien",
+    "Мария",
+    "李小龙",
+    "user_4711",
+)
 TEXTS = (
     "Hello, I have a question about my order",
     "Is delivery possible tomorrow?",
@@ -82,11 +94,19 @@ def chat_script(
     with_sequence: bool = True,
     start_ms: int | None = None,
     first_sequence: int = 1,
+    user: ExternalUser | None = None,
+    user_on_sends_only: bool = False,
 ) -> list[ChatEvent]:
-    """The events of one chat in order (sequence first..first+n-1 when `with_sequence`)."""
-    user = ExternalUser(
-        id=f"user-{chat_id}", name=rng.choice(FIRST_NAMES), last_name=rng.choice(LAST_NAMES)
-    )
+    """The events of one chat in order (sequence first..first+n-1 when `with_sequence`).
+
+    `user` is the customer (a random one unless given). `user_on_sends_only`: as many
+    producers do, only new messages carry the customer; edits, deletes, renames and
+    confirmations come without a user block.
+    """
+    if user is None:
+        user = ExternalUser(
+            id=f"user-{chat_id}", name=rng.choice(FIRST_NAMES), last_name=rng.choice(LAST_NAMES)
+        )
     at = start_ms if start_ms is not None else int(time.time() * 1000)
     sent: list[str] = []
     im_message = rng.randint(1000, 9000)
@@ -145,7 +165,7 @@ def chat_script(
                 occurred_at=at,
                 payload=payload,
                 sequence=number if with_sequence else None,
-                user=user,
+                user=user if kind == "send" or not user_on_sends_only else None,
             )
         )
     return events

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, Self
 
 from consumer.bitrix.classify import batch_results, element_result_data, element_results
-from consumer.bitrix.client import BitrixClient
+from consumer.bitrix.client import BitrixClient, batch_safe
 from consumer.bitrix.limits import CircuitBreaker, OperatingBudget, PortalRateLimiter
 from consumer.bitrix.oauth import TokenStore
 from consumer.core.mapping import BATCHABLE, RENAME, SEND
@@ -180,8 +180,16 @@ class Dispatcher:
         def on_refresh(result: str) -> None:
             metrics.token_refreshes.labels(result=result).inc()
 
+        def on_move(portal: str) -> None:
+            metrics.portal_moves.labels(portal=portal).inc()
+
+        for portal in settings.portals:  # at 0, so increase() sees the first move too
+            metrics.portal_moves.labels(portal=portal)
+
         return cls(
-            lambda: BitrixClient(settings.portals, settings.http, store, on_refresh=on_refresh),
+            lambda: BitrixClient(
+                settings.portals, settings.http, store, on_refresh=on_refresh, on_move=on_move
+            ),
             settings.retry,
             metrics,
             max_in_flight=settings.engine.max_in_flight_requests,
@@ -202,6 +210,9 @@ class Dispatcher:
             self._in_flight += 1
             self._portal_in_flight[batch.portal] = self._portal_in_flight.get(batch.portal, 0) + 1
         self._metrics.calls_in_flight.inc(len(batch.calls))
+        for _, call in batch.calls:
+            if call.cleaned:  # counted when the call is first sent
+                self._metrics.count_cleaned(call)
         future = asyncio.run_coroutine_threadsafe(self._run(batch), self._loop)
         future.add_done_callback(lambda f: f.cancelled() or f.exception())
 
@@ -419,8 +430,11 @@ class Dispatcher:
         ambiguous = False
         _, budget, breaker = self._portal_policies(batch.portal)
         limiter = self._limiters[batch.portal]
-        # Renames take no array: several go out as sub-calls of one REST `batch` request.
+        # Renames take no array: several go out as sub-calls of one REST `batch` request,
+        # unless a value holds what `batch` would rewrite (`$result[...]`, ...).
         batched = method == RENAME and len(calls) > 1
+        if batched and not all(batch_safe(c.element) for c in calls):
+            return await self._one_by_one(batch, calls, keys)
         request_method = "batch" if batched else method
         slots = self._slots[batch.portal]
         while True:
@@ -453,25 +467,16 @@ class Dispatcher:
                 self._metrics.retries.labels(reason="throttled").inc()
                 continue
             except AmbiguousError as exc:
-                self._count_request(request_method, None, started)
+                # A timeout or reset after sending, or (on a send) a 5xx, an unreadable
+                # body or an unknown answer: some elements may have been applied.
+                self._count_request(request_method, exc.http_status, started)
                 breaker.record(False, time.monotonic())
                 if method == SEND:
-                    ambiguous = True
                     self._metrics.ambiguous_sends.labels(policy=self._policy).inc(len(calls))
                     if self._policy == "dead-letter":
-                        return [
-                            CallResult(
-                                k,
-                                c,
-                                False,
-                                error_class="ambiguous",
-                                code=exc.code,
-                                message=str(exc),
-                                attempts=attempts,
-                                ambiguous=True,
-                            )
-                            for k, c in zip(keys, calls, strict=True)
-                        ]
+                        # A human decides; nothing is resent, so no `ambiguous_resent` record.
+                        return self._all_failed(keys, calls, "ambiguous", exc, attempts, ambiguous)
+                    ambiguous = True
                 delay = await self._backoff(exc, attempts, backoff_spent)
                 if delay is None:
                     return self._all_failed(keys, calls, "exhausted", exc, attempts, ambiguous)
@@ -498,10 +503,14 @@ class Dispatcher:
                     and isinstance(exc, PermanentError)
                     and exc.code == "ERROR_ARGUMENT"
                 ):
-                    # One malformed element fails the whole request: isolate it.
+                    # One malformed element fails the whole request: isolate it. Safe to
+                    # resend the others: the portal checks every element's structure before
+                    # it runs any (`rest/customconnectors.php::sendMessages`), so none ran.
                     results: list[CallResult] = []
                     for key, call in zip(keys, calls, strict=True):
                         results.extend(await self._attempt(batch, [call], [key]))
+                    for result in results:
+                        result.ambiguous = result.ambiguous or ambiguous
                     return results
                 return self._all_failed(keys, calls, exc.error_class, exc, attempts, ambiguous)
             except BitrixError as exc:  # AuthFailed and anything else: permanent
@@ -530,7 +539,7 @@ class Dispatcher:
             budget.observe(method, body.get("time"), time.time(), time.monotonic())
             per_element = element_results(body, len(calls))
             out: list[CallResult] = []
-            for index, (key, call, (ok, error)) in enumerate(
+            for index, (key, call, (ok, code, error)) in enumerate(
                 zip(keys, calls, per_element, strict=True)
             ):
                 if ok:
@@ -545,7 +554,6 @@ class Dispatcher:
                         )
                     )
                 else:
-                    code = (error or "SUCCESS_FALSE").split(":")[0].split(" ")[0]
                     out.append(
                         CallResult(
                             key,

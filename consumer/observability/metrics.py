@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from threading import Lock
+from typing import Protocol
 
 from prometheus_client import (
     CollectorRegistry,
@@ -272,6 +273,19 @@ class Metrics:
             ["portal"],
             registry=r,
         )
+        self.display_fields_cleaned = Counter(
+            f"{p}_display_fields_cleaned_total",
+            "Customer display fields (name, last_name, email) cleaned or dropped so that the "
+            "portal accepts the user block, counted once per call.",
+            ["field"],
+            registry=r,
+        )
+        self.portal_moves = Counter(
+            f"{p}_portal_moves_total",
+            "Portal domain moves followed (a 301/302/307/308 to the portal's new address).",
+            ["portal"],
+            registry=r,
+        )
         self.kafka = LibrdkafkaStats(statistics_interval_s)
         r.register(self.kafka)
         ProcessCollector(registry=r)
@@ -299,8 +313,23 @@ class Metrics:
             self.transactions.labels(result=result)
         for reason in ("timeout", "chat_buffer_full", "buffers_full"):
             self.sequence_gaps.labels(reason=reason)
+        for name in ("name", "last_name", "email"):
+            self.display_fields_cleaned.labels(field=name)
 
     def forget_partition(self, topic: str, partition: int) -> None:
         """A revoked partition's series go (a stale age must not page anyone)."""
         with contextlib.suppress(KeyError):
             self.oldest_event_age.remove(topic, str(partition))
+
+    def count_cleaned(self, call: Cleaned) -> None:
+        """Count the display fields cleaned in `call`'s user block, once: the mark is
+        cleared, so whoever counts it first (the engine or the dispatcher) counts it."""
+        for name in call.cleaned:
+            self.display_fields_cleaned.labels(field=name).inc()
+        call.cleaned = ()
+
+
+class Cleaned(Protocol):
+    """A call that names the display fields cleaned in it (`consumer.core.state.PendingCall`)."""
+
+    cleaned: tuple[str, ...]

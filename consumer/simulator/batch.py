@@ -1,11 +1,13 @@
 """The REST `batch` wire format: `cmd` sub-requests in, PHP-shaped per-key result maps out (§8).
 
-No portal state here: Portal runs the sub-calls; this module parses and assembles.
+No portal state here: Portal runs the sub-calls; this module parses, substitutes the
+placeholders that refer to earlier sub-calls (`substitute`), and assembles.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 from typing import Any
 
 from consumer.simulator.calllog import redact_query
@@ -14,7 +16,15 @@ from consumer.simulator.params import parse_form, php_empty, upper_keys
 
 BATCH_METHOD = "batch"
 BATCH_MAX_LENGTH = 50
-"""Sub-requests one batch may carry; more fail the whole request (reference §8)."""
+"""Sub-requests one batch runs; each one after them gets `ERROR_BATCH_LENGTH_EXCEEDED` in
+`result_error` and the request still answers HTTP 200 (rest `rest_provider.php::
+methodsBatch`; server-behaviour reference §1 finding 11)."""
+
+# rest `rest_util.php::processBatchElement`: `/\$(result|next|total|time|error)([^\s]*)/i`,
+# then every `[key]` in the rest walks into the answers of the earlier sub-calls.
+_PLACEHOLDER = re.compile(r"\$(result|next|total|time|error)(\S*)", re.IGNORECASE)
+_PATH_KEY = re.compile(r"\[([^\]]+)\]")
+_MISSING = object()
 
 
 @dataclass(frozen=True)
@@ -106,3 +116,75 @@ def logged_params(params: dict[str, Any]) -> dict[str, Any]:
 
 def _redacted(command: Any) -> Any:
     return redact_query(command) if isinstance(command, str) else command
+
+
+def substitute(request: SubRequest, outcomes: list[SubOutcome]) -> SubRequest:
+    """`request` with its placeholders replaced from the earlier `outcomes`, as
+    `processBatchElement` does inside every (decoded) value:
+
+    * `$result[c0][x]`, `$error[..]`, `$time[..]` (also `$next`, `$total`, empty here) walk
+      into the answers so far; the walk stops at the first key that is not there;
+    * a value that is nothing but the placeholder becomes what was found, whatever it is;
+    * inside a longer value, a string or a number replaces the placeholder, anything else
+      leaves the value as it is;
+    * the name matches in any case, but the answers are keyed in lower case (PHP array
+      keys are case-sensitive), so `$RESULT[c0]` finds nothing.
+    """
+    answers: dict[str, dict[str, Any]] = {
+        "result": {},
+        "next": {},
+        "total": {},
+        "time": {},
+        "error": {},
+    }
+    for outcome in outcomes:
+        key = outcome.request.key
+        if outcome.error is not None:
+            answers["error"][key] = {
+                "error": outcome.error.code,
+                "error_description": outcome.error.description,
+            }
+        else:
+            answers["result"][key] = outcome.result
+            answers["time"][key] = outcome.timing
+    params = {name: _substituted(value, answers) for name, value in request.params.items()}
+    return replace(request, params=params)
+
+
+def _substituted(value: Any, answers: dict[str, dict[str, Any]]) -> Any:
+    if isinstance(value, dict):
+        return {key: _substituted(item, answers) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_substituted(item, answers) for item in value]
+    if not isinstance(value, str):
+        return value
+    query: Any = value
+    for match in _PLACEHOLDER.finditer(value):
+        keys = _PATH_KEY.findall(match.group(2))
+        if not keys:
+            continue
+        found: Any = answers.get(match.group(1))  # case-sensitive: `$RESULT` finds nothing
+        for key in keys:
+            step = _index(found, key)
+            if step is _MISSING:
+                break
+            found = step
+        if match.group(0) == query:
+            query = found
+            continue
+        if isinstance(found, int | float) and not isinstance(found, bool):
+            found = f"{found:.14G}" if isinstance(found, float) else str(found)
+        if isinstance(found, str) and isinstance(query, str):
+            query = query.replace(match.group(0), found)
+    return query
+
+
+def _index(node: Any, key: str) -> Any:
+    """PHP `isset($node[$key]) ? $node[$key] : missing` for arrays (maps and lists)."""
+    if isinstance(node, dict):
+        item = node.get(key)
+    elif isinstance(node, list) and key.isdigit() and int(key) < len(node):
+        item = node[int(key)]
+    else:
+        return _MISSING
+    return _MISSING if item is None else item

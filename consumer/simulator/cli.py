@@ -17,6 +17,8 @@ from consumer.simulator.config import SimulatorConfig, parse_line_spec
 from consumer.simulator.server import SimulatorServer
 
 DEFAULT_PORT = 8765
+STRICT_OPERATING_COST = 0.05  # seconds of `time.operating` charged per call element
+STRICT_SESSION_IDLE = 1800.0
 
 
 def _line(value: str) -> tuple[str, int]:
@@ -54,6 +56,36 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="refuse imconnector.* inside batch (ERROR_BATCH_METHOD_NOT_ALLOWED)",
     )
+    parser.add_argument(
+        "--fault-phase",
+        choices=("before", "after"),
+        default=None,
+        help="'after': a faulted call is applied first, then its answer lost or made a 500 "
+        "(the ambiguous case a client must not take for 'nothing happened')",
+    )
+    parser.add_argument(
+        "--fault-methods",
+        default=None,
+        metavar="METHOD[,METHOD]",
+        help="inject faults only into these methods (e.g. imconnector.send.messages)",
+    )
+    parser.add_argument(
+        "--session-idle-close",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="close an Open Lines session after this long without a message (0: never)",
+    )
+    parser.add_argument(
+        "--language", choices=("en", "ru"), default=None, help="language of ERRORS texts"
+    )
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="a fresh portal as strict as the real one: no preset lines (register and "
+        f"activate first), operating time charged ({STRICT_OPERATING_COST} s per element), "
+        f"sessions closing after {STRICT_SESSION_IDLE:.0f} s idle",
+    )
     parser.add_argument("--seed", type=int, default=None, help="fault RNG seed (reproducible)")
     parser.add_argument(
         "--tokens-file",
@@ -75,8 +107,17 @@ def build_config(args: argparse.Namespace) -> SimulatorConfig:
         "error_rate": args.error_rate,
         "seed": args.seed,
         "batch_imconnector": args.batch_imconnector,
+        "fault_phase": args.fault_phase,
+        "fault_methods": args.fault_methods.split(",") if args.fault_methods else None,
+        "session_idle_close_s": args.session_idle_close,
+        "language": args.language,
     }
     changes = {key: value for key, value in overrides.items() if value is not None}
+    if args.strict:
+        if args.lines or config.preset_lines:
+            raise ValueError("--strict starts with no lines: drop --line and preset lines")
+        changes.setdefault("operating_cost_per_element", STRICT_OPERATING_COST)
+        changes.setdefault("session_idle_close_s", STRICT_SESSION_IDLE)
     if args.lines:
         changes["preset_lines"] = [*config.preset_lines, *args.lines]
     if args.port is None and config.port == 0:

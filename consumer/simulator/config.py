@@ -48,6 +48,10 @@ class SimulatorConfig:
     the old way: HTTP 200 with `result.SUCCESS=false` (reference §3.7 version caveat).
     `batch_imconnector` lets `imconnector.*` run inside `batch`; undocumented on a real
     portal (reference §1 item 8), so False refuses them with ERROR_BATCH_METHOD_NOT_ALLOWED.
+    `session_idle_close_s` closes a chat's Open Lines session after that long without a
+    message, so renames fail with CHAT_RENAMING_FAILED until the next one; `moved_to`
+    makes the portal answer `move_status` with `Location` on that base URL, as a portal
+    whose domain changed does (b24pysdk `bitrix_token.py` handles that 302).
     """
 
     host: str = "127.0.0.1"
@@ -66,6 +70,10 @@ class SimulatorConfig:
     chat_group: bool = False
     legacy_errors: bool = False
     batch_imconnector: bool = True
+    language: str = "en"  # of the texts in ERRORS and the "Guest" name
+    session_idle_close_s: float = 0.0  # an idle session closes after this long (0: never)
+    moved_to: str | None = None  # the portal moved: /rest/ calls answer 3xx to this base URL
+    move_status: int = 302
     call_log_limit: int = 200_000
     # Faults (also settable at runtime through POST /_sim/faults).
     error_rate: float = 0.0
@@ -84,6 +92,12 @@ class SimulatorConfig:
             raise ValueError("rate_limit_drain must be >= 0 and rate_limit_burst >= 1")
         if self.access_token_ttl <= 0:
             raise ValueError("access_token_ttl must be positive")
+        if self.language not in ("en", "ru"):
+            raise ValueError(f"language must be 'en' or 'ru', got {self.language!r}")
+        if self.session_idle_close_s < 0:
+            raise ValueError("session_idle_close_s must not be negative (0 = never)")
+        if self.move_status not in (301, 302, 307, 308):
+            raise ValueError(f"move_status must be 301, 302, 307 or 308, got {self.move_status}")
         self.fault_settings()  # validates the fault fields
 
     def fault_settings(self) -> FaultSettings:

@@ -1,4 +1,9 @@
-"""Bitrix24 REST error codes as the simulator answers them, and the exception that carries one."""
+"""Bitrix24 REST error codes as the simulator answers them, and the exception that carries one.
+
+Per-element failures are reported as texts, as a real portal does (`element_texts`).
+"""
+
+# ruff: noqa: RUF001 - Russian texts as the server ships them (Cyrillic on purpose)
 
 from __future__ import annotations
 
@@ -27,10 +32,40 @@ ICON_REQUIRED = "ICON_REQUIRED"
 NO_PLACEMENT_HANDLER = "NO_PLACEMENT_HANDLER"
 APPLICATION_UNREGISTRATION_ERROR = "APPLICATION_UNREGISTRATION_ERROR"
 
-# Per-element failure texts of send/update/delete.messages (§3.7): they appear in `ERRORS`.
+# Per-element failures of send/update/delete.messages: a real portal puts the *texts* of
+# its errors into `ERRORS`, in the portal's language (docs: "array of error texts"; server
+# `provider/base/input.php::receivingMessage` uses `getErrorMessages()`). The codes below
+# name them here; `element_texts` gives what the portal says.
 NOT_ALL_THE_REQUIRED_DATA = "IMCONNECTOR_NOT_ALL_THE_REQUIRED_DATA"
 PROXY_NO_ADD_USER = "CONNECTOR_PROXY_NO_ADD_USER"
 PROXY_NO_USER_IM = "CONNECTOR_PROXY_NO_USER_IM"
+WRONG_EMAIL = "WRONG_EMAIL"
+
+# Sources: imconnector `lang/{en,ru}/lib/library.php` (IMCONNECTOR_*), main
+# `lang/{en,ru}/classes/general/user.php` (WRONG_EMAIL, which `CUser` ends with "<br>").
+ELEMENT_TEXTS: dict[str, dict[str, str]] = {
+    "en": {
+        NOT_ALL_THE_REQUIRED_DATA: "Incomplete data",
+        PROXY_NO_ADD_USER: "Cannot create or get user mapped to external messenger user.",
+        PROXY_NO_USER_IM: "Failed to get IM user ID.",
+        WRONG_EMAIL: "Incorrect E-Mail<br>",
+    },
+    "ru": {
+        NOT_ALL_THE_REQUIRED_DATA: "Переданы не все необходимые данные",
+        PROXY_NO_ADD_USER: "Не удалось создать или получить пользователя системы, "
+        "сопоставленного с пользователем удаленного мессенджера",
+        PROXY_NO_USER_IM: "Не получен id пользователя мессенджера",
+        WRONG_EMAIL: "Неверный email.<br>",
+    },
+}
+GUEST_NAME = {"en": "Guest", "ru": "Гость"}  # IMCONNECTOR_GUEST_USER, connectors/base.php
+
+
+def element_texts(language: str, codes: list[str]) -> list[str]:
+    """What `ERRORS` holds for these failures on a portal speaking `language`."""
+    texts = ELEMENT_TEXTS.get(language, ELEMENT_TEXTS["en"])
+    return [texts[code] for code in codes]
+
 
 # OAuth server errors (§7).
 INVALID_GRANT = "invalid_grant"

@@ -6,10 +6,15 @@ or raise `RestError`. No HTTP and no locking: the caller (Portal) serialises acc
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import re
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+import orjson
 
 from consumer.simulator.errors import (
     APPLICATION_REGISTRATION_ERROR_POINT,
@@ -17,6 +22,7 @@ from consumer.simulator.errors import (
     CHAT_RENAMING_FAILED,
     CONNECTOR_ID_REQUIRED,
     ERROR_ARGUMENT,
+    GUEST_NAME,
     ICON_REQUIRED,
     IMCONNECTOR_NO_CORRECT_PROVIDER,
     NAME_REQUIRED,
@@ -25,12 +31,15 @@ from consumer.simulator.errors import (
     NOT_ALL_THE_REQUIRED_DATA,
     PROXY_NO_ADD_USER,
     PROXY_NO_USER_IM,
+    WRONG_EMAIL,
     RestError,
     argument_error,
+    element_texts,
 )
 from consumer.simulator.params import (
     as_array,
     as_text,
+    library_is_empty,
     lower_keys_deep,
     php_empty,
     php_intval,
@@ -98,14 +107,27 @@ class LineStatus:
 
 @dataclass
 class TechnicalUser:
-    """The Bitrix user standing for one external `user.id` (XML_ID `connector|user.id`)."""
+    """The Bitrix user standing for one external `user.id` (XML_ID `connector|user.id`).
+
+    `fields` are the user fields the connector last wrote (`connectors/base.php::
+    preparationUserFields`: NAME, LAST_NAME, PERSONAL_WWW, PERSONAL_GENDER, ...), `md5` the
+    hash of the submitted block that wrote them (`UF_CONNECTOR_MD5`).
+    """
 
     id: int
     connector: str
     external_id: str
-    name: str
-    last_name: str
-    profile: dict[str, Any]
+    fields: dict[str, str]
+    md5: str
+    updates: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.fields.get("NAME", "")
+
+    @property
+    def last_name(self) -> str:
+        return self.fields.get("LAST_NAME", "")
 
 
 @dataclass
@@ -148,6 +170,8 @@ class Chat:
     session_id: int
     name: str
     messages: list[ChatMessage] = field(default_factory=list)
+    session_open: bool = True
+    last_activity: float = 0.0
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -156,6 +180,7 @@ class Chat:
             "external_chat_id": self.external_chat_id,
             "user_id": str(self.user_id),
             "session_id": str(self.session_id),
+            "session_open": self.session_open,
             "chat_id": str(self.chat_id),
             "name": self.name,
             "messages": [message.snapshot() for message in self.messages],
@@ -168,8 +193,81 @@ def conversation_key(connector: str, line: int, external_chat_id: str, user_id: 
 
 
 def _valid_person_name(name: str) -> bool:
-    """Letters of any language, spaces, hyphens and apostrophes; at most 25 characters (§3.7)."""
-    return len(name) <= USER_NAME_MAX and all(ch.isalpha() or ch in " -'" for ch in name)
+    """Letters of any language (a combining mark counts with its letter), spaces, hyphens and
+    apostrophes; at most 25 characters (docs `imconnector-send-messages.md`, "User Object").
+    Checked when a customer is created."""
+    return len(name) <= USER_NAME_MAX and all(
+        unicodedata.category(ch)[0] in "LM" or ch in " -'" for ch in name
+    )
+
+
+# `CUser::CheckFields` for an external user checks EMAIL with `check_email($email, true)`
+# (main module, classes/general/user.php): dot-atoms, `@`, labels, a last label of 2-20.
+_EMAIL = re.compile(
+    r"[\w=+~'!$&*^`|#%/?{}-]+(?:\.[\w=+~'!$&*^`|#%/?{}-]+)*@(?:(?:[^\W_]|-)+\.)+(?:[^\W_]|-){2,20}",
+    re.IGNORECASE,
+)
+
+
+def _valid_email(email: str) -> bool:
+    return len(email) <= 320 and _EMAIL.fullmatch(email) is not None
+
+
+def split_full_name(user: dict[str, Any]) -> dict[str, Any]:
+    """`base.php::getFullName`: without a last name, a `name` of exactly two words (split
+    on one space) becomes name and last name."""
+    if library_is_empty(user.get("last_name")):
+        parts = as_text(user.get("name")).split(" ")
+        if len(parts) == 2:
+            user = {**user, "name": parts[0], "last_name": parts[1]}
+    return user
+
+
+def profile_fields(user: dict[str, Any], language: str) -> dict[str, str]:
+    """`base.php::preparationUserFields`: the user fields a submitted block writes. What the
+    block lacks is blanked (LAST_NAME, PERSONAL_WWW, PERSONAL_GENDER), and a customer with
+    neither name nor last name is named "Guest"; EMAIL and PERSONAL_MOBILE change only when
+    given."""
+    fields: dict[str, str] = {}
+    if user.get("name") is not None:  # PHP isset()
+        fields["NAME"] = "" if library_is_empty(user["name"]) else as_text(user["name"])
+    last_name = user.get("last_name")
+    fields["LAST_NAME"] = "" if library_is_empty(last_name) else as_text(last_name)
+    if library_is_empty(fields.get("NAME")) and not fields["LAST_NAME"]:
+        title = user.get("title")
+        guest = GUEST_NAME.get(language, GUEST_NAME["en"])
+        fields["NAME"] = guest if library_is_empty(title) else as_text(title)
+    fields["PERSONAL_WWW"] = "" if php_empty(user.get("url")) else as_text(user["url"])
+    gender = user.get("gender")
+    if php_empty(gender):
+        fields["PERSONAL_GENDER"] = ""
+    elif gender in ("male", "female"):
+        fields["PERSONAL_GENDER"] = "M" if gender == "male" else "F"
+    picture = user.get("picture")
+    if isinstance(picture, dict) and picture:
+        fields["PERSONAL_PHOTO"] = as_text(picture.get("url"))
+    for key, target in (("title", "TITLE"), ("email", "EMAIL"), ("phone", "PERSONAL_MOBILE")):
+        if not library_is_empty(user.get(key)):
+            fields[target] = as_text(user[key])
+    return fields
+
+
+def _refusals(user: dict[str, Any]) -> list[str]:
+    """Why the portal would not save this customer: `CUser` refuses a bad EMAIL (the text it
+    leaves comes first in `ERRORS`), and names outside the documented rule are refused."""
+    refusals: list[str] = []
+    email = user.get("email")
+    if not library_is_empty(email) and not _valid_email(as_text(email)):
+        refusals.append(WRONG_EMAIL)
+    names = (as_text(user.get("name")).strip(), as_text(user.get("last_name")).strip())
+    if not all(_valid_person_name(name) for name in names) and not refusals:
+        refusals.append(PROXY_NO_ADD_USER)
+    return refusals
+
+
+def _md5(user: dict[str, Any]) -> str:
+    """Stands for `md5(serialize($user))`: order, keys and values of the block all count."""
+    return hashlib.md5(orjson.dumps(user), usedforsecurity=False).hexdigest()
 
 
 def _block(element: dict[str, Any], name: str) -> dict[str, Any]:
@@ -179,17 +277,30 @@ def _block(element: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 class _ElementFailure(Exception):
-    """One MESSAGES element failed; the call goes on with the next element."""
+    """One MESSAGES element failed (for these reasons); the call goes on with the next one."""
 
-    def __init__(self, text: str) -> None:
-        super().__init__(text)
-        self.text = text
+    def __init__(self, *codes: str) -> None:
+        super().__init__(", ".join(codes))
+        self.codes = list(codes)
 
 
 class OpenLines:
     """Connectors, line statuses, technical users, chats and messages of one portal."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        *,
+        language: str = "en",
+        clock: Callable[[], float] | None = None,
+        session_idle_close_s: float = 0.0,
+    ) -> None:
+        self.language = language  # of the texts in ERRORS and of "Guest"
+        self.clock: Callable[[], float] = clock or (lambda: 0.0)
+        # An Open Lines session closes after this long without a message (0: never), so
+        # a rename after that fails with CHAT_RENAMING_FAILED until the next message.
+        self.session_idle_close_s = session_idle_close_s
+        self.profile_updates = 0  # customer profiles rewritten by a changed user block
+        self.guest_overwrites = 0  # ... of which renamed a named customer "Guest"
         self.connectors: dict[str, Connector] = {}
         self.lines: dict[tuple[str, int], LineStatus] = {}
         self.connector_data: dict[tuple[str, int], dict[str, Any]] = {}
@@ -238,6 +349,8 @@ class OpenLines:
         self.users.clear()
         self.chats.clear()
         self.deliveries.clear()
+        self.profile_updates = 0
+        self.guest_overwrites = 0
         self._messages_by_im_id.clear()
         self._chats_by_id.clear()
 
@@ -303,9 +416,14 @@ class OpenLines:
                     "id": str(u.id),
                     "name": u.name,
                     "last_name": u.last_name,
-                    "profile": dict(u.profile),
+                    "profile": dict(u.fields),
+                    "updates": u.updates,
                 }
                 for u in self.users.values()
+            },
+            "profiles": {
+                "updates": self.profile_updates,
+                "guest_overwrites": self.guest_overwrites,
             },
             "chats": {key: chat.snapshot() for key, chat in self.chats.items()},
             "deliveries": [dict(d) for d in self.deliveries],
@@ -434,15 +552,22 @@ class OpenLines:
         return {"SUCCESS": True, "DATA": {"RESULT": results}}
 
     def _send_one(self, connector: str, line: int, element: dict[str, Any]) -> dict[str, Any]:
+        # `base.php::processingInputNewAndUpdateMessage`: the user first (so a message
+        # without text still creates or updates its customer), then text or files.
         user, reply = self._element_user(connector, element)
         message = element["message"] if isinstance(element["message"], dict) else {}
         chat_block = element["chat"] if isinstance(element["chat"], dict) else {}
         external_chat_id = as_text(chat_block.get("id"))
-        if not external_chat_id or (php_empty(message.get("text")) and not message.get("files")):
+        if not external_chat_id or not self._has_text_or_files(message):
             raise _ElementFailure(NOT_ALL_THE_REQUIRED_DATA)
         chat = self._chat_for(connector, line, external_chat_id, user)
         if chat is None:
             chat = self._open_chat(connector, line, external_chat_id, user, chat_block)
+        elif not self._session_alive(chat):
+            # The dialog closed: the next message opens a new session in the same chat.
+            chat.session_id = next(self._session_ids)
+            chat.session_open = True
+        chat.last_activity = self.clock()
         author = php_intval(message.get("user_id")) or user.id
         # No lookup by message.id first: a repeated send adds a second message (§9.1).
         stored = ChatMessage(
@@ -463,25 +588,49 @@ class OpenLines:
     def _update_one(self, connector: str, line: int, element: dict[str, Any]) -> dict[str, Any]:
         user, reply = self._element_user(connector, element)
         message, external_chat_id = self._addressed(element)
+        # The same check as a send (`base.php::processingInputNewAndUpdateMessage`).
+        if not self._has_text_or_files(message):
+            raise _ElementFailure(NOT_ALL_THE_REQUIRED_DATA)
         chat = self._chat_for(connector, line, external_chat_id, user)
-        # Only the text is replaced, on every copy carrying that CONNECTOR_MID; no match = no-op.
-        if chat is not None and "text" in message:
+        # Only the text is replaced, on every copy carrying that CONNECTOR_MID; no match is
+        # a silent success; files on an update change nothing
+        # (`imopenlines/lib/connector.php::updateMessage`).
+        if chat is not None and not library_is_empty(message.get("text")):
             for stored in self._matching(chat, as_text(message.get("id"))):
                 stored.text = as_text(message.get("text"))
+            self._keep_alive(chat)
         reply.update(self._echo(element))
         reply["SUCCESS"] = True
         return reply
 
     def _delete_one(self, connector: str, line: int, element: dict[str, Any]) -> dict[str, Any]:
+        # `base.php::processingInputDelMessage`: the user block is processed as on a send.
         user, reply = self._element_user(connector, element)
         _, external_chat_id = self._addressed(element)
         chat = self._chat_for(connector, line, external_chat_id, user)
         if chat is not None:
             for stored in self._matching(chat, as_text(element["message"].get("id"))):
                 stored.deleted = True
+            self._keep_alive(chat)
         reply.update(self._echo(element))
         reply["SUCCESS"] = True
         return reply
+
+    @staticmethod
+    def _has_text_or_files(message: dict[str, Any]) -> bool:
+        # `Library::isEmpty`: the text "0" is text.
+        return not library_is_empty(message.get("text")) or not php_empty(message.get("files"))
+
+    def _session_alive(self, chat: Chat) -> bool:
+        """Whether the chat's session is still open (it closes after the idle time)."""
+        idle = self.session_idle_close_s
+        if chat.session_open and idle > 0 and self.clock() - chat.last_activity >= idle:
+            chat.session_open = False
+        return chat.session_open
+
+    def _keep_alive(self, chat: Chat) -> None:
+        if self._session_alive(chat):
+            chat.last_activity = self.clock()
 
     # -- outbound message statuses -------------------------------------------------------
 
@@ -535,12 +684,16 @@ class OpenLines:
             chat = self.chats.get(conversation_key(connector_id, line, external_chat_id, 0))
         else:
             user = self.users.get((connector_id, external_user))
-            chat = None
-            if user is not None:
-                key = conversation_key(connector_id, line, external_chat_id, user.id)
-                chat = self.chats.get(key)
-        # The server renames an existing session's chat and never creates one.
-        if chat is None:
+            if user is None:
+                # `imopenlines connector.php::onNewChatName` returns false for an unknown
+                # user and `rest/customconnectors.php::setChatName` skips results that are
+                # not a Result: the answer is SUCCESS and nothing is renamed.
+                return {"SUCCESS": True, "DATA": {"RESULT": {}}}
+            key = conversation_key(connector_id, line, external_chat_id, user.id)
+            chat = self.chats.get(key)
+        # The server renames the chat of an open session and never opens one
+        # (`Session::load` with SKIP_CREATE): no dialog, or a closed one, fails.
+        if chat is None or not self._session_alive(chat):
             raise RestError(CHAT_RENAMING_FAILED, "Failed to rename the chat: no dialog found")
         chat.name = name
         return {"SUCCESS": True, "DATA": {"RESULT": {}}}
@@ -614,45 +767,53 @@ class OpenLines:
             return handle(element)
         except _ElementFailure as failure:
             reply = self._echo(element) if isinstance(element, dict) else {}
-            reply.update({"SUCCESS": False, "ERRORS": [failure.text]})
+            reply.update({"SUCCESS": False, "ERRORS": element_texts(self.language, failure.codes)})
             return reply
 
     def _element_user(
         self, connector: str, element: dict[str, Any]
     ) -> tuple[TechnicalUser, dict[str, Any]]:
-        """Find or create the technical user of an element (done for update/delete as well)."""
+        """Find, create or update the customer of an element (for update and delete too).
+
+        `base.php::processingUser`: the submitted block (two-word names split first)
+        rewrites the stored profile whenever its hash differs from the stored one
+        (`profile_fields`: absent fields blanked, "Guest" without names). A customer the
+        portal refuses fails the element only when it would be created; a refused update
+        is swallowed and changes nothing (`updateUser`'s errors are dropped once the user
+        id is known).
+        """
         user_block = element.get("user")
-        if not isinstance(user_block, dict):
+        if not isinstance(user_block, dict) or not user_block or php_empty(element.get("chat")):
             raise _ElementFailure(NOT_ALL_THE_REQUIRED_DATA)
         external_id = as_text(user_block.get("id")).strip()
         if not external_id:
             raise _ElementFailure(PROXY_NO_USER_IM)
-        name = as_text(user_block.get("name")).strip()
-        last_name = as_text(user_block.get("last_name")).strip()
-        if not (_valid_person_name(name) and _valid_person_name(last_name)):
-            raise _ElementFailure(PROXY_NO_ADD_USER)
-        if not last_name and len(name.split()) == 2:
-            name, last_name = name.split()
-        profile = {
-            key: value
-            for key, value in user_block.items()
-            if key not in ("id", "name", "last_name", "skip_phone_validate")
-        }
+        submitted = split_full_name(
+            {k: v for k, v in user_block.items() if k != "skip_phone_validate"}
+        )
+        digest = _md5(submitted)
         user = self.users.get((connector, external_id))
         if user is None:
+            refusals = _refusals(submitted)
+            if refusals:
+                raise _ElementFailure(*dict.fromkeys([*refusals, PROXY_NO_ADD_USER]))
             user = TechnicalUser(
                 id=next(self._user_ids),
                 connector=connector,
                 external_id=external_id,
-                name=name,
-                last_name=last_name,
-                profile=profile,
+                fields=profile_fields(submitted, self.language),
+                md5=digest,
             )
             self.users[(connector, external_id)] = user
-        elif name or last_name or profile:
-            # The server re-saves the profile when the submitted data changes.
-            user.name, user.last_name = name or user.name, last_name or user.last_name
-            user.profile.update(profile)
+        elif user.md5 != digest and not _refusals(submitted):
+            fields = profile_fields(submitted, self.language)
+            guest = GUEST_NAME.get(self.language, GUEST_NAME["en"])
+            if fields.get("NAME") == guest and user.name != guest:
+                self.guest_overwrites += 1
+            user.fields = {**user.fields, **fields}
+            user.md5 = digest
+            user.updates += 1
+            self.profile_updates += 1
         return user, {"user": str(user.id)}
 
     @staticmethod
@@ -685,7 +846,7 @@ class OpenLines:
         group = self.connectors[connector].chat_group
         user_part = 0 if group else user.id
         key = conversation_key(connector, line, external_chat_id, user_part)
-        default_name = " ".join(part for part in (user.name, user.last_name) if part) or "Guest"
+        default_name = " ".join(part for part in (user.name, user.last_name) if part)
         chat = Chat(
             key=key,
             connector=connector,
@@ -695,6 +856,7 @@ class OpenLines:
             chat_id=next(self._chat_ids),
             session_id=next(self._session_ids),
             name=as_text(chat_block.get("name")) or default_name,
+            last_activity=self.clock(),
         )
         self.chats[key] = chat
         self._chats_by_id[chat.chat_id] = chat

@@ -125,6 +125,16 @@ def php_empty(value: Any) -> bool:
     return False
 
 
+def library_is_empty(value: Any) -> bool:
+    """imconnector's `Library::isEmpty`: `empty()` except that "0" and 0 are values (the real
+    `addMessage` takes the text "0"; reference §1 finding 12)."""
+    if isinstance(value, str):
+        return value == ""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return False
+    return php_empty(value)
+
+
 def php_intval(value: Any) -> int:
     """PHP `intval()`: leading digits of a string, 0 when there are none."""
     if isinstance(value, bool):

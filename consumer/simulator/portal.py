@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 from consumer.simulator.batch import (
     BATCH_MAX_LENGTH,
@@ -22,6 +23,7 @@ from consumer.simulator.batch import (
     halts_on_error,
     logged_params,
     parse_commands,
+    substitute,
 )
 from consumer.simulator.calllog import CallLog, CallRecord
 from consumer.simulator.clock import Clock, system_clock
@@ -75,6 +77,7 @@ class RestReply:
     body: dict[str, Any]
     transport_fault: FaultKind | None = None
     hang_seconds: float = 0.0
+    location: str | None = None  # a redirect's target (a moved portal)
 
 
 @dataclass(frozen=True)
@@ -115,7 +118,13 @@ class Portal:
         self.clock: Clock = clock or system_clock
         self.base_url = f"http://{config.host}:{config.port}"
         self.lock = threading.Lock()
-        self.openlines = OpenLines()
+        self.openlines = OpenLines(
+            language=config.language,
+            clock=lambda: self.clock(),
+            session_idle_close_s=config.session_idle_close_s,
+        )
+        self.moved_to = config.moved_to
+        self.move_status = config.move_status
         self.tokens = TokenStore(
             OAuthIdentity(
                 client_id=config.client_id,
@@ -141,7 +150,54 @@ class Portal:
 
     @property
     def client_endpoint(self) -> str:
-        return f"{self.base_url}/rest/"
+        """What OAuth answers report as `client_endpoint`: the new address after a move."""
+        return f"{(self.moved_to or self.base_url).rstrip('/')}/rest/"
+
+    # -- domain moves ----------------------------------------------------------------------
+
+    def moved_location(self, host: str, prefix: str, rest_path: str, query: str) -> str | None:
+        """Where a moved portal sends a `/rest/` call that reached its old address
+        (`host`, path `prefix` before `/rest/`); None when the call is for this address."""
+        with self.lock:
+            target = self.moved_to
+        if target is None:
+            return None
+        parts = urlsplit(target)
+        if host == parts.netloc and prefix == parts.path.rstrip("/"):
+            return None
+        return f"{target.rstrip('/')}/rest/{rest_path}" + (f"?{query}" if query else "")
+
+    def moved_reply(self, method: str, location: str) -> RestReply:
+        """The redirect a moved portal answers (logged like any call; nothing applied)."""
+        with self.lock:
+            status = self.move_status
+            self.calls.append(
+                monotonic=time.monotonic(),
+                wall_time=self.clock(),
+                method=method.lower(),
+                params={},
+                http_status=status,
+                error="MOVED",
+                fault=None,
+                applied=False,
+            )
+        return RestReply(status, {}, location=location)
+
+    def set_move(self, changes: dict[str, Any]) -> dict[str, Any]:
+        """`{"to": base URL or null, "status": 301|302|307|308}`: move the portal (or not)."""
+        unknown = sorted(set(changes) - {"to", "status"})
+        if unknown:
+            raise ValueError(f"unknown move settings: {', '.join(unknown)}")
+        status = int(changes.get("status", self.move_status))
+        if status not in (301, 302, 307, 308):
+            raise ValueError(f"status must be 301, 302, 307 or 308, got {status}")
+        target = changes.get("to", self.moved_to)
+        if target is not None and not urlsplit(str(target)).netloc:
+            raise ValueError(f"'to' must be an absolute URL, got {target!r}")
+        with self.lock:
+            self.moved_to = None if target is None else str(target)
+            self.move_status = status
+            return {"to": self.moved_to, "status": self.move_status}
 
     # -- REST -----------------------------------------------------------------------------
 
@@ -272,21 +328,22 @@ class Portal:
                 self._authenticate(token, now)
             if not requests:
                 raise argument_error("cmd")
-            if len(requests) > BATCH_MAX_LENGTH:
-                description = f"Max batch length exceeded {BATCH_MAX_LENGTH}"
-                raise RestError(ERROR_BATCH_LENGTH_EXCEEDED, description)
         except RestError as exc:
             return _refusal(exc), []
         halt = halts_on_error(params)
         outcomes: list[SubOutcome] = []
         finish = now
-        for request in requests:
-            outcome = self._execute_sub_call(request, now, finish, webhook)
+        for request in requests[:BATCH_MAX_LENGTH]:
+            outcome = self._execute_sub_call(substitute(request, outcomes), now, finish, webhook)
             outcomes.append(outcome)
             if outcome.timing is not None:
                 finish = outcome.timing["finish"]
             if halt and outcome.error is not None:
                 break
+        else:
+            # Past 50, each key fails on its own; the request still answers HTTP 200.
+            too_many = RestError(ERROR_BATCH_LENGTH_EXCEEDED, "Max batch length exceeded")
+            outcomes += [SubOutcome(r, error=too_many) for r in requests[BATCH_MAX_LENGTH:]]
         # The outer call is not charged to any budget (§6.2): its reading stays empty.
         timing = self._timing(now, finish, self.budget.reading(BATCH_METHOD, now))
         return RestReply(200, {"result": batch_result(outcomes), "time": timing}), outcomes
@@ -433,6 +490,9 @@ class Portal:
             ),
             "legacy_errors": lambda v: setattr(self, "legacy_errors", bool(v)),
             "batch_imconnector": lambda v: setattr(self, "batch_imconnector", bool(v)),
+            "session_idle_close_s": lambda v: setattr(
+                self.openlines, "session_idle_close_s", float(v)
+            ),
         }
         unknown = sorted(set(changes) - set(setters))
         if unknown:
@@ -456,6 +516,7 @@ class Portal:
             "operating_cost_per_element": self.operating_cost_per_element,
             "legacy_errors": self.legacy_errors,
             "batch_imconnector": self.batch_imconnector,
+            "session_idle_close_s": self.openlines.session_idle_close_s,
         }
 
     def post_operator_message(self, chat_id: int, text: str) -> dict[str, Any]:

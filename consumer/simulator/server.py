@@ -112,8 +112,9 @@ class _Handler(BaseHTTPRequestHandler):
             url = urlsplit(self.path)
             body = self._read_body()
             path = url.path
-            if path.startswith("/rest/"):
-                self._rest(path[len("/rest/") :], url.query, body)
+            if "/rest/" in path:
+                prefix, _, rest_path = path.partition("/rest/")
+                self._rest(prefix, rest_path, url.query, body)
             elif path.rstrip("/") == "/oauth/token":
                 self._token(url.query, body)
             elif path == "/registry" or path.startswith("/registry/"):
@@ -172,8 +173,16 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- routes ---------------------------------------------------------------------------
 
-    def _rest(self, rest_path: str, query: str, body: bytes) -> None:
+    def _rest(self, prefix: str, rest_path: str, query: str, body: bytes) -> None:
+        portal = self.server.portal
         segments = [s for s in rest_path.split("/") if s]
+        location = portal.moved_location(self.headers.get("Host", ""), prefix, rest_path, query)
+        if location is not None:
+            self._answer(portal.moved_reply(segments[-1] if segments else "", location))
+            return
+        if prefix and portal.moved_to is None:
+            self._send_json(404, {"error": "NOT_FOUND", "error_description": "No such path"})
+            return
         # Webhook form /rest/<user id>/<code>/<method>: imconnector.* refuses it (403).
         webhook = len(segments) == 3 and segments[0].isdigit()
         method = segments[-1] if segments else ""
@@ -182,7 +191,6 @@ class _Handler(BaseHTTPRequestHandler):
         params = upper_keys(self._params(query, body))
         authorization = self.headers.get("Authorization", "")
         bearer = authorization[7:].strip() if authorization.lower().startswith("bearer ") else None
-        portal = self.server.portal
         delay = portal.latency_for(method)
         if delay > 0:
             self.server.stopping.wait(delay)
@@ -190,6 +198,16 @@ class _Handler(BaseHTTPRequestHandler):
         self._answer(reply)
 
     def _answer(self, reply: RestReply) -> None:
+        if reply.location is not None:
+            # A moved portal answers with an HTML page, not JSON (reference §1 finding 6).
+            page = b"<html><body>Moved</body></html>"
+            self.send_response(reply.status)
+            self.send_header("Location", reply.location)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(page)))
+            self.end_headers()
+            self.wfile.write(page)
+            return
         if reply.transport_fault == "hang":
             # Hold the request, then drop the connection without a word.
             self.server.stopping.wait(reply.hang_seconds)
@@ -238,6 +256,13 @@ class _Handler(BaseHTTPRequestHandler):
             elif route == "faults":
                 settings = portal.update_faults(request) if verb == "POST" else None
                 self._send_json(200, settings or portal.fault_settings().as_dict())
+            elif route == "move":
+                self._send_json(
+                    200,
+                    portal.set_move(request)
+                    if verb == "POST"
+                    else {"to": portal.moved_to, "status": portal.move_status},
+                )
             elif route == "limits":
                 limits = portal.update_limits(request) if verb == "POST" else portal.limits()
                 self._send_json(200, limits)

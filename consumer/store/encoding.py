@@ -26,7 +26,7 @@ from typing import Any, Literal
 import orjson
 
 from consumer.core.ranges import RangeSet
-from consumer.core.state import ChatState, PendingCall
+from consumer.core.state import ChatState, PendingCall, user_from_list, user_to_list
 
 _BODY_MARK = b"\xff"
 _BLOCK_MARK = b"\xfe"
@@ -173,8 +173,8 @@ def encode_chat(state: ChatState) -> bytes:
     doc: dict[str, Any] = {"w": state.watermark, "a": state.last_activity_ms}
     if state.session:
         doc["s"] = 1
-    if state.user_id is not None:
-        doc["u"] = state.user_id
+    if state.user is not None:  # the whole block, compact (`core.state.user_to_list`)
+        doc["U"] = user_to_list(state.user)
     if state.outbox:
         doc["o"] = [_ref(call) for call in state.outbox]
     if state.held_rename is not None:
@@ -231,7 +231,8 @@ def decode_chat(
     state = ChatState(
         watermark=doc.get("w", 0),
         session=bool(doc.get("s")),
-        user_id=doc.get("u"),
+        # `"u"`: records written when only the user id was kept.
+        user=user_from_list(doc["U"]) if "U" in doc else {"id": doc["u"]} if "u" in doc else None,
         outbox=outbox,
         held_rename=held,
         deleted=doc.get("d"),

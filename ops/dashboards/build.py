@@ -303,6 +303,22 @@ def rows() -> list[Row]:
                     Target(f"sum(imconnector_reorder_held_events{{{SEL}}})", "held events"),
                     Target(f"sum(imconnector_parked_chats{{{SEL}}})", "parked chats"),
                 ),
+                timeseries(
+                    "Display fields cleaned / portal moves",
+                    "Customer names and emails cleaned so that the portal accepts them (the "
+                    "message is sent, the field changed or dropped), by field; portal domain "
+                    "moves followed (3xx to a new address), by portal.",
+                    Target(
+                        "sum by (field) "
+                        f"(increase(imconnector_display_fields_cleaned_total{{{SEL}}}[{RATE}]))",
+                        "cleaned {{field}}",
+                    ),
+                    Target(
+                        "sum by (portal) "
+                        f"(increase(imconnector_portal_moves_total{{{SEL}}}[{RATE}]))",
+                        "moved {{portal}}",
+                    ),
+                ),
             ],
         ),
         Row(

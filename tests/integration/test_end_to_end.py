@@ -87,7 +87,10 @@ def test_each_event_kind_reaches_the_portal_as_its_method(
     kafka_bootstrap, topic_factory, unique, sim, wire
 ):
     topic = topic_factory(3)
-    settings = make_settings(kafka_bootstrap, topic, unique("g"), sim)
+    # send.status.reading is off by default (a server stub): switched on to see it go out.
+    settings = make_settings(
+        kafka_bootstrap, topic, unique("g"), sim, engine={"send_status_reading": True}
+    )
     chat = f"chat-{wire}"
     with SchemaRegistryClient(f"{sim.url}/registry") as registry, EngineThread(settings) as running:
         encoder = ChatEventEncoder(

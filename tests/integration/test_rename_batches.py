@@ -79,8 +79,8 @@ def _send(chat: str) -> tuple[str, PendingCall]:
     return chat, _call(SEND, element, f"send-{chat}")
 
 
-def _rename(chat: str, name: str) -> tuple[str, PendingCall]:
-    element = {"CHAT_ID": chat, "NAME": name, "USER_ID": f"u-{chat}"}
+def _rename(chat: str, name: str, user: str | None = None) -> tuple[str, PendingCall]:
+    element = {"CHAT_ID": chat, "NAME": name, "USER_ID": user or f"u-{chat}"}
     return chat, _call(RENAME, element, f"rename-{chat}")
 
 
@@ -103,8 +103,13 @@ def test_renames_share_one_batch_request_and_a_failed_sub_call_is_rerun_alone(si
     try:
         sent = _run(dispatcher, SEND, [_send("a"), _send("b"), _send("c")])
         assert all(r.ok for r in sent.results)
-        # "nobody" never sent a message: the portal has no dialog to rename.
-        renames = [_rename("a", "Alpha"), _rename("nobody", "Ghost"), _rename("c", "Gamma")]
+        # A known customer, but never in chat "nobody": the portal has no dialog to rename.
+        # (An unknown USER_ID would answer SUCCESS and rename nothing, like a real portal.)
+        renames = [
+            _rename("a", "Alpha"),
+            _rename("nobody", "Ghost", user="u-a"),
+            _rename("c", "Gamma"),
+        ]
         done = _by_chat(_run(dispatcher, RENAME, renames))
     finally:
         dispatcher.stop()

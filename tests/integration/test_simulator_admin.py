@@ -105,7 +105,15 @@ def test_state_shows_connectors_lines_data_users_and_chats(sim: Sim) -> None:
     sim.send(message("m1", "first", name="Ann"))
     sim.send(message("m1", "first", name="Ann"))
     state = sim.state()
-    assert set(state) == {"connectors", "lines", "connector_data", "users", "chats", "deliveries"}
+    assert set(state) == {
+        "connectors",
+        "lines",
+        "connector_data",
+        "users",
+        "profiles",
+        "chats",
+        "deliveries",
+    }
     assert state["lines"] == [
         {
             "connector": "demo",

@@ -311,17 +311,18 @@ def test_repeated_send_creates_a_duplicate_message(sim: Sim) -> None:
 
 
 @pytest.mark.parametrize(
-    ("element", "error_text"),
+    ("element", "errors"),
     [
-        (message(name="R2-D2"), "CONNECTOR_PROXY_NO_ADD_USER"),
-        (message(name="A" * 26), "CONNECTOR_PROXY_NO_ADD_USER"),
-        (message(user=""), "CONNECTOR_PROXY_NO_USER_IM"),
-        (message(text=None), "IMCONNECTOR_NOT_ALL_THE_REQUIRED_DATA"),
-        (message(text=""), "IMCONNECTOR_NOT_ALL_THE_REQUIRED_DATA"),
+        # ERRORS are the portal's texts, not codes (docs: "array of error texts").
+        (message(name="R2-D2"), ["Cannot create or get user mapped to external messenger user."]),
+        (message(name="A" * 26), ["Cannot create or get user mapped to external messenger user."]),
+        (message(user=""), ["Failed to get IM user ID."]),
+        (message(text=None), ["Incomplete data"]),
+        (message(text=""), ["Incomplete data"]),
     ],
 )
 def test_per_element_failure_does_not_fail_the_call(
-    sim: Sim, element: dict[str, Any], error_text: str
+    sim: Sim, element: dict[str, Any], errors: list[str]
 ) -> None:
     response = sim.send(message("ok-1", user="good"), element, message("ok-2", user="good"))
     assert response.status_code == 200
@@ -330,7 +331,7 @@ def test_per_element_failure_does_not_fail_the_call(
     first, failed, last = result["DATA"]["RESULT"]
     assert first["SUCCESS"] is True and last["SUCCESS"] is True
     assert failed["SUCCESS"] is False
-    assert failed["ERRORS"] == [error_text]
+    assert failed["ERRORS"] == errors
     assert "session" not in failed
     (chat,) = sim.state()["chats"].values()
     assert [m["external_id"] for m in chat["messages"]] == ["ok-1", "ok-2"]
@@ -407,14 +408,19 @@ def test_delete_marks_all_matching_messages_deleted(sim: Sim) -> None:
 # -- chat.name.set -------------------------------------------------------------------------
 
 
-def test_chat_rename_fails_before_the_first_message_then_succeeds(sim: Sim) -> None:
+def test_chat_rename_needs_an_open_dialog_of_a_known_customer(sim: Sim) -> None:
     params = {"CONNECTOR": CONNECTOR, "LINE": LINE, "CHAT_ID": "c1", "USER_ID": "u1", "NAME": "VIP"}
+    # An unknown USER_ID: the portal answers SUCCESS and renames nothing
+    # (`imopenlines connector.php::onNewChatName` returns false, the REST layer skips it).
+    assert sim.ok("imconnector.chat.name.set", params) == {"SUCCESS": True, "DATA": {"RESULT": {}}}
+    assert sim.state()["chats"] == {}
+    sim.send(message(chat="other"))  # u1 now exists, but has no dialog in c1
     assert_error(sim.call("imconnector.chat.name.set", params), 400, "CHAT_RENAMING_FAILED")
     sim.send(message())
     result = sim.ok("imconnector.chat.name.set", params)
     assert result == {"SUCCESS": True, "DATA": {"RESULT": {}}}
-    (chat,) = sim.state()["chats"].values()
-    assert chat["name"] == "VIP"
+    names = {c["external_chat_id"]: c["name"] for c in sim.state()["chats"].values()}
+    assert names["c1"] == "VIP"
 
 
 @pytest.mark.parametrize("missing", ["NAME", "CHAT_ID", "USER_ID", "CONNECTOR", "LINE"])

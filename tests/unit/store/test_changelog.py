@@ -100,7 +100,7 @@ def test_idle_chats_become_dormant_then_expire_whatever_their_fields_hold():
     old = NOW - COMPACT_AFTER_MS - 1
     store.chats = {
         "p|c|1|idle": ChatState(watermark=7, session=True, last_activity_ms=old),
-        "p|c|1|o-user": ChatState(user_id="o", last_activity_ms=old),
+        "p|c|1|o-user": ChatState(user={"id": "o"}, last_activity_ms=old),
         "p|c|1|recent": ChatState(watermark=3, last_activity_ms=NOW - 1_000),
         "p|c|1|in-use": ChatState(watermark=2, last_activity_ms=old),
         "p|c|1|by-id": ChatState(recent_ids=["e1"], last_activity_ms=old),

@@ -138,7 +138,7 @@ def test_records_of_earlier_versions_still_read():
 def test_idleness_is_read_from_the_fields_not_from_the_bytes():
     """A chat whose user id is "o" (or "h", or "p") is idle like any other."""
     for user in ("o", "h", "p", '"o"'):
-        doc = chat_doc(encode_chat(ChatState(user_id=user, watermark=3)))
+        doc = chat_doc(encode_chat(ChatState(user={"id": user}, watermark=3)))
         assert is_idle_doc(doc), user
     busy = ChatState()
     feed(busy, ev(MessageSent("m1", "x"), 1))
