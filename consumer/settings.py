@@ -146,7 +146,13 @@ class PortalSettings(BaseModel):
     refresh_token: SecretStr | None = None
     rate_drain: float = Field(default=2.0, gt=0, description="leaky bucket drain, req/s")
     rate_burst: int = Field(default=50, ge=1)
-    rate_share: float = Field(default=1.0, gt=0, le=1, description="share for this replica")
+    rate_share: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="a fixed share of the portal's limits for this replica; unset: each "
+        "replica takes the part of the source partitions it owns, updated at every rebalance",
+    )
     operating_limit: float = Field(
         default=480.0, gt=0, description="per-method seconds per 10 min (time.operating)"
     )

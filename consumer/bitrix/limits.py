@@ -9,38 +9,57 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
+SHARED_HEADROOM = 0.9  # a replica that shares a portal uses this much of its fair share
+MIN_BACKOFF = 0.25
+
 
 @dataclass(slots=True)
 class PortalRateLimiter:
     """Mirror of Bitrix24's leaky bucket (+1 per request, drains `drain`/s, limit `burst`).
 
-    `share` is this replica's part of the portal's budget. On `QUERY_LIMIT_EXCEEDED`
-    the bucket is taken as full, so the next requests wait for a real drain.
+    `share` is this replica's part of the portal's limit: the part of the source partitions
+    it owns (several replicas keep buckets of their own against the portal's one, so a
+    shared replica keeps `SHARED_HEADROOM` of its part), or a fixed share from the settings.
+    On `QUERY_LIMIT_EXCEEDED` the bucket is taken as full and the rate backs off (times
+    0.8, down to a quarter); each request that goes through wins a little of it back.
     """
 
     drain: float = 2.0
     burst: int = 50
     share: float = 1.0
+    backoff: float = 1.0
     level: float = 0.0
     updated: float = 0.0
 
+    def _part(self) -> float:
+        headroom = 1.0 if self.share >= 1.0 else SHARED_HEADROOM
+        return self.share * headroom * self.backoff
+
     def _leak(self, now: float) -> None:
         if self.updated:
-            self.level = max(0.0, self.level - (now - self.updated) * self.drain * self.share)
+            self.level = max(0.0, self.level - (now - self.updated) * self.drain * self._part())
         self.updated = now
 
     def reserve(self, now: float) -> float:
         """Take one request slot; return how long to wait before sending it."""
         self._leak(now)
-        capacity = max(1.0, self.burst * self.share)
+        part = self._part()
+        capacity = max(1.0, self.burst * part)
         self.level += 1.0
         excess = self.level - capacity
-        return 0.0 if excess <= 0 else excess / (self.drain * self.share)
+        return 0.0 if excess <= 0 else excess / (self.drain * part)
 
     def saturated(self, now: float) -> None:
-        """The portal said QUERY_LIMIT_EXCEEDED: our estimate was low; assume a full bucket."""
+        """The portal said QUERY_LIMIT_EXCEEDED: our estimate was low; assume a full bucket
+        and slow down."""
         self._leak(now)
-        self.level = max(self.level, self.burst * self.share)
+        self.backoff = max(MIN_BACKOFF, self.backoff * 0.8)
+        self.level = max(self.level, self.burst * self._part())
+
+    def went_through(self) -> None:
+        """A request was not throttled: win back a little of the backoff."""
+        if self.backoff < 1.0:
+            self.backoff = min(1.0, self.backoff + 0.005)
 
 
 @dataclass(slots=True)

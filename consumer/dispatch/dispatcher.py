@@ -104,6 +104,8 @@ class DispatchPort(Protocol):
 
     def revoke(self, epochs: set[int]) -> None: ...
 
+    def set_share(self, share: float) -> None: ...
+
     @property
     def lost(self) -> bool: ...
 
@@ -160,6 +162,7 @@ class Dispatcher:
         self._slots: dict[str, asyncio.Semaphore] = {}
         self._portal_in_flight: dict[str, int] = {}
         self._revoked: set[int] = set()  # epochs of revoked partitions: their calls stay
+        self._share = 1.0
         self._limiters: dict[str, PortalRateLimiter] = {}
         self._budgets: dict[str, OperatingBudget] = {}
         self._breakers: dict[str, CircuitBreaker] = {}
@@ -247,6 +250,21 @@ class Dispatcher:
         with self._lock:
             return dict(self._portal_in_flight)
 
+    def set_share(self, share: float) -> None:
+        """This replica's part of every portal's limits (the part of the source partitions it
+        owns); a portal with a fixed `rate_share` keeps its own."""
+        self._share = share
+
+        def apply() -> None:
+            assert self._client is not None
+            for portal, limiter in self._limiters.items():
+                cfg = self._client.portals.get(portal)
+                if cfg is None or cfg.rate_share is None:
+                    limiter.share = share
+
+        if self._loop_thread.is_alive():
+            self._loop.call_soon_threadsafe(apply)
+
     def revoke(self, epochs: set[int]) -> None:
         """Calls of these partition assignments are never sent from now on: those still
         waiting for a slot or a limit come back `cancelled` (the next owner sends them)."""
@@ -317,10 +335,10 @@ class Dispatcher:
             assert self._client is not None
             cfg = self._client.portals.get(portal)
             if cfg is None:
-                self._limiters[portal] = PortalRateLimiter()
+                self._limiters[portal] = PortalRateLimiter(share=self._share)
             else:
                 self._limiters[portal] = PortalRateLimiter(
-                    cfg.rate_drain, cfg.rate_burst, cfg.rate_share
+                    cfg.rate_drain, cfg.rate_burst, cfg.rate_share or self._share
                 )
             self._budgets[portal] = OperatingBudget(
                 limit=cfg.operating_limit if cfg is not None else self._operating_limit
@@ -532,6 +550,7 @@ class Dispatcher:
                 ]
             self._count_request(request_method, 200, started)
             breaker.record(True, time.monotonic())
+            limiter.went_through()
             self._metrics.breaker_state.labels(portal=batch.portal).set(breaker.state)
             self._metrics.api_batch_size.labels(method=method).observe(len(calls))
             if batched:

@@ -97,6 +97,7 @@ class Engine:
         self._last_sweep = 0.0
         self._writer_id = uuid.uuid4().hex[:12]  # names this run's blocks of call bodies
         self._record_limit = 1_000_000
+        self._source_partitions = 1
         self.started = threading.Event()
 
     # -- life cycle ------------------------------------------------------------------------
@@ -120,7 +121,7 @@ class Engine:
         self.metrics.poll_heartbeat.set(self.clock())  # starting counts as alive
         topics = Topics(settings)
         topics.wait_for_cluster()
-        topics.ensure(create_sources=self._create_sources)
+        self._source_partitions = sum(topics.ensure(create_sources=self._create_sources).values())
         producer_conf = producer_config(settings, stats_cb=self.metrics.kafka.update)
         limits = topics.record_limits(int(producer_conf.get("message.max.bytes", 1_000_000)))
         self._record_limit = limits.get(settings.changelog_topic(settings.source_topics[0]), 0)
@@ -541,6 +542,13 @@ class Engine:
                 self._restored((changelog, tp.partition))
         self.metrics.restoring_partitions.set(len(self._restorer))
         self.metrics.assigned_partitions.set(len(self.parts))
+        self._share_limits()
+
+    def _share_limits(self) -> None:
+        """This replica takes the part of each portal's limits that its part of the source
+        partitions is (replicas come and go: KEDA scales them)."""
+        total = max(1, self._source_partitions)
+        self.dispatcher.set_share(max(1, len(self.parts)) / total)
 
     def _restored(self, target: tuple[str, int]) -> None:
         """A partition's changelog was read to its end: its waiting calls go on."""
@@ -611,6 +619,7 @@ class Engine:
             self.metrics.forget_partition(part.topic, part.partition)
         self.requests.forget(parts)
         self.metrics.assigned_partitions.set(len(self.parts))
+        self._share_limits()
         self.metrics.restoring_partitions.set(len(self._restorer))
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:

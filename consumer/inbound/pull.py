@@ -103,7 +103,7 @@ class OfflinePuller:
             )
         self.queues = {name: PortalQueue() for name in names}
         self._limiters = {
-            name: PortalRateLimiter(cfg.rate_drain, cfg.rate_burst, cfg.rate_share)
+            name: PortalRateLimiter(cfg.rate_drain, cfg.rate_burst, cfg.rate_share or 1.0)
             for name, cfg in settings.portals.items()
             if name in self.queues
         }
