@@ -96,6 +96,19 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 /etc/imconnector/kafka-ca/ca.crt
 {{- end }}
 
+{{/*
+kafka.bootstrapServers as librdkafka and KEDA take it: one comma-separated string, whether
+the value is a list or already a string.
+*/}}
+{{- define "imconnector-consumer.bootstrapServers" -}}
+{{- $servers := required "kafka.bootstrapServers is required: set it to host:port[,host:port] (see ci/default-values.yaml)" .Values.kafka.bootstrapServers }}
+{{- if kindIs "slice" $servers }}
+{{- join "," $servers }}
+{{- else }}
+{{- $servers }}
+{{- end }}
+{{- end }}
+
 {{/* terminationGracePeriodSeconds: the service's drain grace plus a margin. */}}
 {{- define "imconnector-consumer.terminationGracePeriodSeconds" -}}
 {{- add (int .Values.shutdown.graceSeconds) (int .Values.shutdown.marginSeconds) }}
@@ -125,8 +138,10 @@ Both the ConfigMap and its checksum annotation are built from this.
 {{- define "imconnector-consumer.configEnv" -}}
 {{- $v := .Values }}
 {{- $env := dict }}
-{{- $servers := required "kafka.bootstrapServers is required: set it to host:port[,host:port] (see ci/default-values.yaml)" $v.kafka.bootstrapServers }}
-{{- $_ := set $env "IMCONNECTOR_KAFKA__BOOTSTRAP_SERVERS" $servers }}
+{{- $_ := set $env "IMCONNECTOR_KAFKA__BOOTSTRAP_SERVERS" (include "imconnector-consumer.bootstrapServers" .) }}
+{{- /* Dynamic membership for a Deployment's random pod names, static for a StatefulSet's
+       stable ones (workload.kind in values.yaml). */}}
+{{- $_ := set $env "IMCONNECTOR_KAFKA__STATIC_MEMBERSHIP" (eq $v.workload.kind "StatefulSet") }}
 {{- $_ := set $env "IMCONNECTOR_KAFKA__SECURITY_PROTOCOL" $v.kafka.securityProtocol }}
 {{- with $v.kafka.sasl.mechanism }}
 {{- $_ := set $env "IMCONNECTOR_KAFKA__SASL_MECHANISM" . }}
