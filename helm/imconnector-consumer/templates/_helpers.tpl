@@ -109,6 +109,89 @@ the value is a list or already a string.
 {{- end }}
 {{- end }}
 
+{{/* Schema Registry CA bundle: mounted when given inline or as an existing Secret. */}}
+{{- define "imconnector-consumer.registryCaEnabled" -}}
+{{- if or .Values.schemaRegistry.tls.caCert .Values.schemaRegistry.tls.existingSecret }}true{{ end }}
+{{- end }}
+
+{{- define "imconnector-consumer.registryCaSecretName" -}}
+{{- default (printf "%s-schema-registry-ca" (include "imconnector-consumer.fullname" .) | trunc 63 | trimSuffix "-") .Values.schemaRegistry.tls.existingSecret }}
+{{- end }}
+
+{{- define "imconnector-consumer.registryCaKey" -}}
+{{- if .Values.schemaRegistry.tls.existingSecret }}{{ .Values.schemaRegistry.tls.caKey }}{{ else }}ca.crt{{ end }}
+{{- end }}
+
+{{- define "imconnector-consumer.registryCaPath" -}}
+/etc/imconnector/schema-registry-ca/ca.crt
+{{- end }}
+
+{{/* The service's secrets directory (IMCONNECTOR_SECRETS_DIR): files named like settings. */}}
+{{- define "imconnector-consumer.secretsDir" -}}
+/etc/imconnector/secrets
+{{- end }}
+
+{{/*
+Keys of Secrets the chart does not manage that are mounted as files into the secrets
+directory, each named after the setting it holds: a YAML list of {secret, key, path}
+("" when there are none).
+*/}}
+{{- define "imconnector-consumer.secretFiles" -}}
+{{- $auth := .Values.schemaRegistry.auth }}
+{{- $files := list }}
+{{- if $auth.existingSecret }}
+{{- if eq $auth.method "basic" }}
+{{- if $auth.usernameKey }}
+{{- $files = append $files (dict "secret" $auth.existingSecret "key" $auth.usernameKey "path" "IMCONNECTOR_SCHEMA_REGISTRY_USERNAME") }}
+{{- end }}
+{{- $files = append $files (dict "secret" $auth.existingSecret "key" $auth.passwordKey "path" "IMCONNECTOR_SCHEMA_REGISTRY_PASSWORD") }}
+{{- else if eq $auth.method "bearer" }}
+{{- $files = append $files (dict "secret" $auth.existingSecret "key" $auth.bearerTokenKey "path" "IMCONNECTOR_SCHEMA_REGISTRY_BEARER_TOKEN") }}
+{{- end }}
+{{- end }}
+{{- if $files }}
+{{- toYaml $files }}
+{{- end }}
+{{- end }}
+
+{{/*
+Schema Registry values that contradict each other fail the render with the fix, so a pod
+never starts with credentials the service would ignore or refuse.
+*/}}
+{{- define "imconnector-consumer.schemaRegistryCheck" -}}
+{{- $sr := .Values.schemaRegistry }}
+{{- $auth := $sr.auth }}
+{{- $method := $auth.method }}
+{{- if and (not $sr.url) (or (ne $method "none") (include "imconnector-consumer.registryCaEnabled" .)) }}
+{{- fail "schemaRegistry.auth/tls are set but schemaRegistry.url is empty: set the registry's URL" }}
+{{- end }}
+{{- if and $auth.existingSecret (or $auth.password $auth.bearerToken) }}
+{{- fail (printf "schemaRegistry.auth.existingSecret %q is set, so the inline password/bearerToken would be ignored: put it in that Secret (key %s or %s)" $auth.existingSecret $auth.passwordKey $auth.bearerTokenKey) }}
+{{- end }}
+{{- if eq $method "none" }}
+{{- if or $auth.username $auth.password $auth.bearerToken $auth.existingSecret }}
+{{- fail "schemaRegistry.auth has credentials but method is none: set schemaRegistry.auth.method to basic or bearer" }}
+{{- end }}
+{{- else if eq $method "basic" }}
+{{- if not (or $auth.username (and $auth.existingSecret $auth.usernameKey)) }}
+{{- fail "schemaRegistry.auth.method basic needs a user: set schemaRegistry.auth.username (or usernameKey with existingSecret)" }}
+{{- end }}
+{{- if not (or $auth.password $auth.existingSecret) }}
+{{- fail "schemaRegistry.auth.method basic needs a password: set schemaRegistry.auth.existingSecret (key passwordKey) or, for tests, schemaRegistry.auth.password" }}
+{{- end }}
+{{- if $auth.bearerToken }}
+{{- fail "schemaRegistry.auth.method basic: remove schemaRegistry.auth.bearerToken (basic auth or a bearer token, not both)" }}
+{{- end }}
+{{- else if eq $method "bearer" }}
+{{- if not (or $auth.bearerToken $auth.existingSecret) }}
+{{- fail "schemaRegistry.auth.method bearer needs a token: set schemaRegistry.auth.existingSecret (key bearerTokenKey) or, for tests, schemaRegistry.auth.bearerToken" }}
+{{- end }}
+{{- if or $auth.username $auth.password $auth.usernameKey }}
+{{- fail "schemaRegistry.auth.method bearer: remove schemaRegistry.auth.username/password/usernameKey (basic auth or a bearer token, not both)" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
 {{/* terminationGracePeriodSeconds: the service's drain grace plus a margin. */}}
 {{- define "imconnector-consumer.terminationGracePeriodSeconds" -}}
 {{- add (int .Values.shutdown.graceSeconds) (int .Values.shutdown.marginSeconds) }}
@@ -163,8 +246,22 @@ Both the ConfigMap and its checksum annotation are built from this.
 {{- $_ := set $env "IMCONNECTOR_KAFKA__CONFIG" (toJson $librdkafka) }}
 {{- $_ := set $env "IMCONNECTOR_SOURCE_TOPICS" (join "," $v.kafka.topics) }}
 {{- $_ := set $env "IMCONNECTOR_GROUP_ID" $v.kafka.groupId }}
-{{- with $v.schemaRegistryUrl }}
+{{- include "imconnector-consumer.schemaRegistryCheck" . }}
+{{- $sr := $v.schemaRegistry }}
+{{- with $sr.url }}
 {{- $_ := set $env "IMCONNECTOR_SCHEMA_REGISTRY_URL" . }}
+{{- end }}
+{{- if and (eq $sr.auth.method "basic") (not (and $sr.auth.existingSecret $sr.auth.usernameKey)) }}
+{{- $_ := set $env "IMCONNECTOR_SCHEMA_REGISTRY_USERNAME" $sr.auth.username }}
+{{- end }}
+{{- with $sr.auth.logicalCluster }}
+{{- $_ := set $env "IMCONNECTOR_SCHEMA_REGISTRY_LOGICAL_CLUSTER" . }}
+{{- end }}
+{{- if include "imconnector-consumer.registryCaEnabled" . }}
+{{- $_ := set $env "IMCONNECTOR_SCHEMA_REGISTRY_CA_LOCATION" (include "imconnector-consumer.registryCaPath" .) }}
+{{- end }}
+{{- if include "imconnector-consumer.secretFiles" . }}
+{{- $_ := set $env "IMCONNECTOR_SECRETS_DIR" (include "imconnector-consumer.secretsDir" .) }}
 {{- end }}
 {{- $_ := set $env "IMCONNECTOR_HTTP_PORT" $v.httpPort }}
 {{- $_ := set $env "IMCONNECTOR_SHUTDOWN_GRACE_S" $v.shutdown.graceSeconds }}
@@ -215,6 +312,15 @@ Refuses inline secrets when existingSecret is set, so nobody believes they were 
 {{- with index $p $field }}
 {{- $_ := set $env (include "imconnector-consumer.portalEnv" (list $portal $envField)) . }}
 {{- end }}
+{{- end }}
+{{- end }}
+{{- $auth := $v.schemaRegistry.auth }}
+{{- if not $auth.existingSecret }}
+{{- if and (eq $auth.method "basic") $auth.password }}
+{{- $_ := set $env "IMCONNECTOR_SCHEMA_REGISTRY_PASSWORD" $auth.password }}
+{{- end }}
+{{- if and (eq $auth.method "bearer") $auth.bearerToken }}
+{{- $_ := set $env "IMCONNECTOR_SCHEMA_REGISTRY_BEARER_TOKEN" $auth.bearerToken }}
 {{- end }}
 {{- end }}
 {{- range $name, $value := $v.secretEnv }}

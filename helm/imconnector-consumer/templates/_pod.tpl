@@ -7,11 +7,8 @@ metadata:
   annotations:
     # Settings are read once at start: a changed ConfigMap or Secret must roll the pods.
     checksum/config: {{ include (print $.Template.BasePath "/configmap.yaml") . | sha256sum }}
-    {{- if .Values.existingSecret }}
-    checksum/secret: {{ printf "existingSecret=%s" .Values.existingSecret | sha256sum }}
-    {{- else }}
-    checksum/secret: {{ list (include (print $.Template.BasePath "/secret.yaml") .) (include (print $.Template.BasePath "/kafka-ca-secret.yaml") .) | join "\n" | sha256sum }}
-    {{- end }}
+    # Secrets the chart does not manage are covered by name only: restart after rotating them.
+    checksum/secret: {{ list (include (print $.Template.BasePath "/secret.yaml") .) (include (print $.Template.BasePath "/kafka-ca-secret.yaml") .) (include (print $.Template.BasePath "/schema-registry-ca-secret.yaml") .) (printf "existingSecret=%s" .Values.existingSecret) (include "imconnector-consumer.secretFiles" .) | join "\n" | sha256sum }}
     {{- with .Values.commonAnnotations }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
@@ -101,6 +98,16 @@ spec:
           mountPath: {{ include "imconnector-consumer.kafkaCaPath" . | dir }}
           readOnly: true
         {{- end }}
+        {{- if include "imconnector-consumer.registryCaEnabled" . }}
+        - name: schema-registry-ca
+          mountPath: {{ include "imconnector-consumer.registryCaPath" . | dir }}
+          readOnly: true
+        {{- end }}
+        {{- if include "imconnector-consumer.secretFiles" . }}
+        - name: secrets
+          mountPath: {{ include "imconnector-consumer.secretsDir" . }}
+          readOnly: true
+        {{- end }}
         {{- with .Values.extraVolumeMounts }}
         {{- toYaml . | nindent 8 }}
         {{- end }}
@@ -119,6 +126,30 @@ spec:
         items:
           - key: {{ include "imconnector-consumer.kafkaCaKey" . }}
             path: {{ include "imconnector-consumer.kafkaCaPath" . | base }}
+    {{- end }}
+    {{- if include "imconnector-consumer.registryCaEnabled" . }}
+    - name: schema-registry-ca
+      secret:
+        secretName: {{ include "imconnector-consumer.registryCaSecretName" . }}
+        defaultMode: 0440
+        items:
+          - key: {{ include "imconnector-consumer.registryCaKey" . }}
+            path: {{ include "imconnector-consumer.registryCaPath" . | base }}
+    {{- end }}
+    {{- with include "imconnector-consumer.secretFiles" . | fromYamlArray }}
+    # Keys of Secrets managed elsewhere, as files named after the settings they hold
+    # (IMCONNECTOR_SECRETS_DIR): secrets stay out of the environment.
+    - name: secrets
+      projected:
+        defaultMode: 0440
+        sources:
+          {{- range . }}
+          - secret:
+              name: {{ .secret }}
+              items:
+                - key: {{ .key }}
+                  path: {{ .path }}
+          {{- end }}
     {{- end }}
     {{- with .Values.extraVolumes }}
     {{- toYaml . | nindent 4 }}
