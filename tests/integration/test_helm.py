@@ -544,17 +544,30 @@ def test_servicemonitor_scrapes_the_metrics_port(helm: str) -> None:
     assert endpoint["interval"] == "30s"
 
 
-def test_prometheusrule_is_the_ops_rules_file(helm: str) -> None:
+def test_prometheusrule_is_the_ops_rules_files(helm: str) -> None:
+    """The ops/alerts rules, with the release's namespace in each expression and label, the
+    runbook links made browsable, and the external lag group of the source KEDA gives."""
     docs = render(helm, "all-toggles")
     rule = one(docs, "PrometheusRule")
     assert rule["apiVersion"] == "monitoring.coreos.com/v1"
     assert rule["metadata"]["namespace"] == NAMESPACE
-    source = yaml.safe_load((REPO / "ops/alerts/imconnector-consumer.rules.yaml").read_text())
+    expected = []
     base = "https://git.example.com/imconnector-consumer/blob/main/ops/runbooks/"
-    for group in source["groups"]:
-        for r in group["rules"]:
-            r["annotations"]["runbook_url"] = base + Path(r["annotations"]["runbook_url"]).name
-    assert rule["spec"]["groups"] == source["groups"]
+    for name in ("imconnector-consumer.rules.yaml", "imconnector-consumer-external-lag.rules.yaml"):
+        for group in yaml.safe_load((REPO / "ops/alerts" / name).read_text())["groups"]:
+            if group["name"].endswith("-kafka-exporter"):
+                continue  # keda.enabled: KEDA is the lag source
+            for r in group["rules"]:
+                r["annotations"]["runbook_url"] = base + Path(r["annotations"]["runbook_url"]).name
+                r["labels"]["namespace"] = NAMESPACE
+                r["expr"] = (
+                    r["expr"]
+                    .replace('namespace=~".*"', f'namespace="{NAMESPACE}"')
+                    .replace('exported_namespace=~".*"', f'exported_namespace="{NAMESPACE}"')
+                    .replace('scaledObject="imconnector-consumer"', f'scaledObject="{FULLNAME}"')
+                )
+            expected.append(group)
+    assert rule["spec"]["groups"] == expected
 
 
 def test_prometheusrule_follows_the_job_name(helm: str) -> None:
