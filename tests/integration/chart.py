@@ -169,3 +169,67 @@ def pod_env(docs: list[dict[str, Any]], pod_name: str) -> dict[str, str]:
             key = ref["secretKeyRef"]
             env[var["name"]] = secret_data(docs, key["name"])[key["key"]]
     return env
+
+
+def rendered_secrets(docs: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
+    """Name -> decoded data of every Secret in a render."""
+    return {
+        s["metadata"]["name"]: secret_data(docs, s["metadata"]["name"])
+        for s in docs
+        if s["kind"] == "Secret"
+    }
+
+
+def materialize_pod(
+    docs: list[dict[str, Any]], secrets: dict[str, dict[str, str]], pod_name: str, root: Path
+) -> dict[str, str]:
+    """What the kubelet gives the container, with its mounted files written under `root`.
+
+    `secrets` are all Secrets of the namespace (rendered or made by hand), name -> data; a
+    reference to a missing Secret or key fails, as the pod would not start. Returns the
+    environment, with values that point into a mount rewritten to the files under `root`.
+    """
+    w = workload(docs)
+    c = container(w)
+    volumes = {v["name"]: v for v in w["spec"]["template"]["spec"]["volumes"]}
+
+    def data(name: str) -> dict[str, str]:
+        assert name in secrets, f"the pod reads Secret {name}, which nobody creates"
+        return secrets[name]
+
+    def write(directory: Path, name: str, items: list[dict[str, str]] | None) -> None:
+        content = data(name)
+        for item in items or [{"key": k, "path": k} for k in content]:
+            assert item["key"] in content, f"Secret {name} has no key {item['key']}"
+            (directory / item["path"]).write_text(content[item["key"]])
+
+    mounts: dict[str, Path] = {}
+    for mount in c.get("volumeMounts", []):
+        volume = volumes[mount["name"]]
+        target = root / mount["mountPath"].lstrip("/")
+        target.mkdir(parents=True, exist_ok=True)
+        if "secret" in volume:
+            write(target, volume["secret"]["secretName"], volume["secret"].get("items"))
+        elif "projected" in volume:
+            for source in volume["projected"]["sources"]:
+                write(target, source["secret"]["name"], source["secret"].get("items"))
+        mounts[mount["mountPath"]] = target
+    env: dict[str, str] = {}
+    for source in c.get("envFrom", []):
+        if "configMapRef" in source:
+            env.update(one(docs, "ConfigMap", source["configMapRef"]["name"])["data"])
+        else:
+            env.update(data(source["secretRef"]["name"]))
+    for var in c.get("env", []):
+        if "value" in var:
+            env[var["name"]] = var["value"]
+        elif "fieldRef" in var["valueFrom"]:
+            env[var["name"]] = pod_name
+        else:
+            ref = var["valueFrom"]["secretKeyRef"]
+            env[var["name"]] = data(ref["name"])[ref["key"]]
+    for name, value in env.items():
+        for path, target in mounts.items():
+            if value == path or value.startswith(path + "/"):
+                env[name] = str(target) + value[len(path) :]
+    return env
