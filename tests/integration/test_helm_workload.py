@@ -252,3 +252,31 @@ def test_keda_floor_above_the_ceiling_is_refused(helm: str) -> None:
     result = try_template(helm, VALUE_SETS["keda"], sets=("keda.minReplicaCount=7",))
     assert result.returncode != 0
     assert "keda.minReplicaCount 7 is above the replica ceiling 6" in result.stderr
+
+
+# --- scraping -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("interval", "timeout", "ok"),
+    [("30s", "10s", True), ("1m", "45s", True), ("30s", "45s", False), ("1m30s", "1m31s", False)],
+)
+def test_scrape_timeout_never_exceeds_the_interval(
+    helm: str, interval: str, timeout: str, ok: bool
+) -> None:
+    result = try_template(
+        helm,
+        VALUE_SETS["defaults"],
+        sets=(
+            "metrics.serviceMonitor.enabled=true",
+            f"metrics.serviceMonitor.interval={interval}",
+            f"metrics.serviceMonitor.scrapeTimeout={timeout}",
+        ),
+    )
+    assert (result.returncode == 0) is ok, result.stderr
+    if ok:
+        docs = [d for d in yaml.safe_load_all(result.stdout) if d]
+        (endpoint,) = one(docs, "ServiceMonitor")["spec"]["endpoints"]
+        assert (endpoint["interval"], endpoint["scrapeTimeout"]) == (interval, timeout)
+    else:
+        assert f"scrapeTimeout {timeout} is longer than interval {interval}" in result.stderr

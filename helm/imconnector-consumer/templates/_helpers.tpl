@@ -192,6 +192,17 @@ never starts with credentials the service would ignore or refuse.
 {{- end }}
 {{- end }}
 
+{{/* A Prometheus duration ("1m30s", "500ms") in milliseconds. */}}
+{{- define "imconnector-consumer.durationMs" -}}
+{{- $ms := 0 }}
+{{- $factors := dict "ms" 1 "s" 1000 "m" 60000 "h" 3600000 }}
+{{- range regexFindAll "[0-9]+(ms|s|m|h)" . -1 }}
+{{- $unit := regexFind "(ms|s|m|h)$" . }}
+{{- $ms = add $ms (mul (trimSuffix $unit . | int) (index $factors $unit)) }}
+{{- end }}
+{{- $ms }}
+{{- end }}
+
 {{/* terminationGracePeriodSeconds: the service's drain grace plus a margin. */}}
 {{- define "imconnector-consumer.terminationGracePeriodSeconds" -}}
 {{- add (int .Values.shutdown.graceSeconds) (int .Values.shutdown.marginSeconds) }}
