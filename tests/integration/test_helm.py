@@ -617,6 +617,7 @@ def test_networkpolicy_opens_only_what_is_needed(helm: str) -> None:
         [(53, "TCP"), (53, "UDP")],
         [(9092, "TCP"), (9093, "TCP"), (9094, "TCP")],
         [(443, "TCP")],
+        [(443, "TCP")],  # the Schema Registry, https://schema-registry.example.com
     ]
     assert policy["egress"][1]["to"] == [{"ipBlock": {"cidr": "10.20.0.0/16"}}]
 

@@ -258,3 +258,35 @@ def test_several_registry_urls(helm: str) -> None:
     assert result.returncode == 0, result.stderr
     docs = [d for d in yaml.safe_load_all(result.stdout) if d]
     assert config(docs)["IMCONNECTOR_SCHEMA_REGISTRY_URL"] == urls
+
+
+@pytest.mark.parametrize(
+    ("url", "ports"),
+    [
+        ("http://schema-registry.kafka.svc:8081", [8081]),
+        ("https://registry.example.com", [443]),
+        ("http://registry.example.com/base", [80]),
+        ("https://sr-0.example.com:8443,https://sr-1.example.com:8443", [8443]),
+    ],
+)
+def test_network_policy_lets_the_registry_through(helm: str, url: str, ports: list[int]) -> None:
+    """Without this rule a NetworkPolicy would hold every registry-framed record forever
+    (the registry unreachable is a wait, not a dead letter)."""
+    result = try_template(
+        helm,
+        VALUE_SETS["defaults"],
+        sets=("networkPolicy.enabled=true",),
+        extra=("--set-literal", f"schemaRegistry.url={url}"),
+    )
+    assert result.returncode == 0, result.stderr
+    docs = [d for d in yaml.safe_load_all(result.stdout) if d]
+    egress = one(docs, "NetworkPolicy")["spec"]["egress"]
+    assert [p["port"] for p in egress[-1]["ports"]] == ports
+    assert len(egress) == 4  # DNS, Kafka, Bitrix24, registry
+
+
+def test_no_registry_rule_without_a_registry(helm: str) -> None:
+    result = try_template(helm, VALUE_SETS["defaults"], sets=("networkPolicy.enabled=true",))
+    assert result.returncode == 0, result.stderr
+    docs = [d for d in yaml.safe_load_all(result.stdout) if d]
+    assert len(one(docs, "NetworkPolicy")["spec"]["egress"]) == 3

@@ -126,6 +126,19 @@ the value is a list or already a string.
 /etc/imconnector/schema-registry-ca/ca.crt
 {{- end }}
 
+{{/* The TCP ports of schemaRegistry.url's URLs, comma-separated ("" = no registry). */}}
+{{- define "imconnector-consumer.registryPorts" -}}
+{{- $ports := list }}
+{{- range splitList "," .Values.schemaRegistry.url }}
+{{- $url := trim . }}
+{{- if $url }}
+{{- $port := regexFind ":[0-9]+" (regexReplaceAll "^https?://" $url "") | trimPrefix ":" }}
+{{- $ports = append $ports (default (ternary "443" "80" (hasPrefix "https://" $url)) $port) }}
+{{- end }}
+{{- end }}
+{{- join "," $ports }}
+{{- end }}
+
 {{/* The service's secrets directory (IMCONNECTOR_SECRETS_DIR): files named like settings. */}}
 {{- define "imconnector-consumer.secretsDir" -}}
 /etc/imconnector/secrets
