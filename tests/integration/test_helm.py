@@ -46,6 +46,7 @@ from tests.integration.chart import (
     workload,
 )
 
+CHART_VERSION = yaml.safe_load((CHART / "Chart.yaml").read_text())["version"]
 SECRET_SENTINELS = (
     "consumer-sasl-user-sentinel",
     "sasl-password-sentinel-7f3a",
@@ -182,7 +183,7 @@ def test_standard_labels_everywhere_and_no_hardcoded_namespace(helm: str, value_
         assert labels["app.kubernetes.io/name"] == "imconnector-consumer"
         assert labels["app.kubernetes.io/instance"] == RELEASE
         assert labels["app.kubernetes.io/managed-by"] == "Helm"
-        assert labels["helm.sh/chart"] == "imconnector-consumer-0.1.0"
+        assert labels["helm.sh/chart"] == f"imconnector-consumer-{CHART_VERSION}"
         assert labels["app.kubernetes.io/version"] == "0.1.0"
         if doc["kind"] not in {"ServiceMonitor", "PrometheusRule", "ConfigMap"}:
             assert "namespace" not in doc["metadata"], doc["kind"]
