@@ -2,10 +2,14 @@
 # imconnector-consumer image: Kafka chat events -> Bitrix24 imconnector.* (see README).
 #   docker build -t imconnector-consumer:0.1.0 \
 #     --build-arg VERSION=0.1.0 --build-arg REVISION="$(git rev-parse HEAD)" .
-# Pin the base by digest in CI for reproducible builds:
-#   --build-arg PYTHON_IMAGE=python:3.11-slim-bookworm@sha256:<digest>
-# Builder and runtime must use the same image: the venv points at its interpreter.
-ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+# VERSION's default is the package version (pyproject.toml; a test keeps them equal).
+#
+# The base is pinned by digest: the same bytes on every build. To move to the newest
+# python:3.11-slim-bookworm, look its digest up and replace the one below:
+#   docker buildx imagetools inspect python:3.11-slim-bookworm --format '{{json .Manifest.Digest}}'
+# (or: crane digest python:3.11-slim-bookworm). Builder and runtime must use the same
+# image: the venv points at its interpreter.
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm@sha256:a36c24f9cbdf4fd0f52d67f0823eeac19c2028c637cecc392d97f980d4fec56b
 
 # ---- build: a self-contained venv with the project and its dependencies ----------------
 FROM ${PYTHON_IMAGE} AS build
@@ -14,13 +18,15 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
-# Dependencies first (from pyproject.toml only), so a source change reuses this layer.
-# confluent-kafka and fastavro ship binary wheels (librdkafka bundled): no compiler needed.
-COPY pyproject.toml README.md* ./
+# Dependencies first, exactly as locked (versions and hashes: requirements.lock, made by
+# `pip-compile --generate-hashes --extra otel ... pyproject.toml`, see its header), so a
+# source change reuses this layer. The lock includes the `otel` extra: tracing is in the
+# image, off until OTEL_TRACES_EXPORTER is set. confluent-kafka and fastavro ship binary
+# wheels (librdkafka bundled): no compiler needed.
+COPY requirements.lock ./
 RUN --mount=type=cache,target=/root/.cache/pip \
-    python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
-      > /tmp/requirements.txt \
-    && pip install -r /tmp/requirements.txt
+    pip install --require-hashes --no-deps -r requirements.lock
+COPY pyproject.toml README.md* ./
 COPY consumer/ consumer/
 COPY schemas/ schemas/
 # The project itself (non-editable), then bytecode compiled now: at run time the root

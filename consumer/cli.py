@@ -11,6 +11,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from consumer import __version__
 from consumer.errors import ConfigError
@@ -18,11 +19,13 @@ from consumer.errors import ConfigError
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from consumer.logs import setup_logging
+    from consumer.observability.tracing import setup_tracing
     from consumer.service import run_service
     from consumer.settings import load_settings
 
     settings = load_settings(args.config)
     setup_logging(settings.log_format, settings.log_level)
+    setup_tracing()  # only when OTEL_TRACES_EXPORTER names an exporter
     return run_service(settings)
 
 
@@ -44,12 +47,24 @@ def _cmd_produce(args: argparse.Namespace) -> int:
     from confluent_kafka import Producer
 
     from consumer.codec import ChatEventEncoder, SchemaRegistryClient, event_from_json
+    from consumer.kafka.clients import client_config
+    from consumer.settings import load_settings
 
-    registry = SchemaRegistryClient(args.registry) if args.registry else None
+    # The service's own Kafka and registry settings (SASL/SSL, registry auth and CA);
+    # the options only override the addresses.
+    overrides: dict[str, Any] = {}
+    if args.bootstrap_servers:
+        overrides["kafka"] = {"bootstrap_servers": args.bootstrap_servers}
+    if args.registry:
+        overrides["schema_registry_url"] = args.registry
+    settings = load_settings(args.config, **overrides)
+    registry = SchemaRegistryClient.from_settings(settings)
     if args.wire == "confluent" and registry is None:
-        raise ConfigError("--wire confluent needs --registry URL")
+        raise ConfigError(
+            "--wire confluent needs --registry URL (or IMCONNECTOR_SCHEMA_REGISTRY_URL)"
+        )
     encoder = ChatEventEncoder(args.wire, registry, subject=f"{args.topic}-value")
-    producer = Producer({"bootstrap.servers": args.bootstrap_servers, "linger.ms": 10})
+    producer = Producer(client_config(settings, **{"linger.ms": 10}))
     source = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")  # noqa: SIM115
     count = 0
     with source:
@@ -131,6 +146,7 @@ def _cmd_dlq_redrive(args: argparse.Namespace) -> int:
         rate=args.rate,
         max_redrives=args.max_redrives,
         group=args.group,
+        as_json=sys.stdout if args.json else None,
     )
     return 0
 
@@ -163,10 +179,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_cmd_demo)
 
     produce = sub.add_parser("produce", help="encode JSON-lines events and publish them")
-    produce.add_argument("--bootstrap-servers", default="127.0.0.1:9092")
+    produce.add_argument("--config", help="YAML config file: Kafka security, registry auth")
+    produce.add_argument(
+        "--bootstrap-servers", help="default: the settings' (IMCONNECTOR_KAFKA__BOOTSTRAP_SERVERS)"
+    )
     produce.add_argument("--topic", required=True)
     produce.add_argument("--wire", choices=("single-object", "confluent"), default="single-object")
-    produce.add_argument("--registry", help="schema registry URL (for --wire confluent)")
+    produce.add_argument(
+        "--registry",
+        help="schema registry URL for --wire confluent (default: IMCONNECTOR_SCHEMA_REGISTRY_URL)",
+    )
     produce.add_argument("--file", default="-", help="JSON lines, '-' for stdin")
     produce.set_defaults(func=_cmd_produce)
 
@@ -195,7 +217,12 @@ def build_parser() -> argparse.ArgumentParser:
     red.add_argument("--until", help="last failure at or before (ISO 8601 or epoch ms)")
     red.add_argument("--chat", help="chat key portal|connector|line|chat_id")
     red.add_argument("--dry-run", action="store_true", help="list, replay nothing")
-    red.add_argument("--rate", type=float, default=0.0, help="max records/s (0 = unlimited)")
+    red.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="max records/s (0 = unlimited); committed per time slice",
+    )
     red.add_argument(
         "--max-redrives",
         type=int,
@@ -203,6 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="loop guard: skip records already replayed this many times",
     )
     red.add_argument("--group", help="redrive consumer group (default <group_id>.redrive)")
+    red.add_argument(
+        "--json", action="store_true", help="the listing (--dry-run) and report as JSON"
+    )
     red.set_defaults(func=_cmd_dlq_redrive)
 
     from consumer.admin.connector import register_commands

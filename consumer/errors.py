@@ -32,6 +32,9 @@ ErrorClass = Literal[
     "ambiguous",
     "parked",
     "late",
+    "invalid_event",
+    "too_large",
+    "lost",
 ]
 
 

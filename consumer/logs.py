@@ -1,4 +1,8 @@
-"""Logging: JSON lines for machines (one object per line), plain text on a terminal."""
+"""Logging: JSON lines for machines (one object per line), plain text on a terminal.
+
+Every client of librdkafka logs through here too (`consumer.kafka.clients`), so the
+stream stays one JSON object per line; fields given with `extra=` are kept.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +10,27 @@ import json
 import logging
 import sys
 import time
+from typing import Any
 
+from consumer.observability.tracing import TraceContextFilter
 from consumer.redact import redact
 
-_CONTEXT = ("event_id", "chat", "topic", "partition", "offset", "portal", "method")
+# The attributes every LogRecord has; anything else came from `extra=` (or a filter).
+_STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+_OWN = ("ts", "level", "logger", "msg", "exc")
+
+
+def _field(value: Any) -> Any:
+    """An `extra` value as JSON: scalars as they are, text redacted, the rest as text."""
+    if isinstance(value, str):
+        return redact(value)
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    return redact(str(value))
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per record with the event context fields when present."""
+    """One JSON object per record with the `extra` fields (event context...) when present."""
 
     def format(self, record: logging.LogRecord) -> str:
         doc = {
@@ -23,10 +40,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": redact(record.getMessage()),
         }
-        for name in _CONTEXT:
-            value = getattr(record, name, None)
-            if value is not None:
-                doc[name] = value
+        for name, value in record.__dict__.items():
+            if name not in _STANDARD and name not in _OWN and value is not None:
+                doc[name] = _field(value)
         if record.exc_info:
             doc["exc"] = redact(self.formatException(record.exc_info))
         return json.dumps(doc, ensure_ascii=False)
@@ -52,6 +68,7 @@ def setup_logging(fmt: str = "auto", level: str = "INFO") -> None:
     _installed = ("json" if use_json else "text", level)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if use_json else TextFormatter())
+    handler.addFilter(TraceContextFilter())  # trace_id/span_id while tracing is on
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -8,12 +8,21 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -22,14 +31,23 @@ from pydantic_settings import (
     SettingsError,
     YamlConfigSettingsSource,
 )
+from pydantic_settings.sources import NestedSecretsSettingsSource
 
 from consumer.errors import ConfigError
+from consumer.settings_names import ENV_PREFIX, describe_error, unknown_names
 
-ENV_PREFIX = "IMCONNECTOR_"
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+# Kafka's legal topic (and, here, group) names: the group id is part of topic names.
+_KAFKA_NAME = re.compile(r"[a-zA-Z0-9._-]{1,249}")
+# librdkafka's _RK_SENSITIVE properties (rdkafka_conf.c) and anything named like them.
+_SECRET_KEY = re.compile(
+    r"(password|secret|passphrase|\.pem$|^ssl_key$|^sasl\.oauthbearer\.config$)"
+)
+_STRICT = ConfigDict(extra="forbid")  # a typo in the YAML file is an error, not a default
 
 
 def _check_url(value: str, what: str, *, allow_loopback_http: bool = True) -> str:
+    """A Bitrix24 URL: https, or http on loopback only (the simulator)."""
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"{what} {value!r} is not an absolute http(s) URL")
@@ -38,8 +56,24 @@ def _check_url(value: str, what: str, *, allow_loopback_http: bool = True) -> st
     return value.rstrip("/") + "/"
 
 
+def _check_kafka_name(value: str, what: str) -> str:
+    if not _KAFKA_NAME.fullmatch(value) or value in (".", ".."):
+        raise ValueError(
+            f"{what} {value!r} is not a legal Kafka name: use 1 to 249 of a-z A-Z 0-9 . _ -"
+        )
+    return value
+
+
+def is_secret_key(key: str) -> bool:
+    """True for a librdkafka property whose value must never be shown (password, key, ...)."""
+    return bool(_SECRET_KEY.search(key.lower()))
+
+
 class KafkaSettings(BaseModel):
-    """Kafka connection; `config` passes any librdkafka key straight through."""
+    """Kafka connection; `config` passes any librdkafka key straight through (secret ones,
+    such as `ssl.key.password` or `sasl.oauthbearer.client.secret`, are kept as secrets)."""
+
+    model_config = _STRICT
 
     bootstrap_servers: str = Field(min_length=1)
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
@@ -49,12 +83,27 @@ class KafkaSettings(BaseModel):
     ssl_ca_location: str | None = None
     group_protocol: Literal["classic", "consumer"] = "classic"
     static_membership: bool = Field(
-        default=True,
-        description="group.instance.id = instance_id: a restarted replica "
-        "takes its partitions back without a rebalance",
+        default=False,
+        description="Static group membership (group.instance.id = <group_id>-<instance_id>). "
+        "Off for a Deployment: its pod names are random, so every rollout would leave a "
+        "ghost member holding partitions for session.timeout.ms. On for a StatefulSet, "
+        "with instance_id = the stable pod name: a restarted pod takes its partitions back "
+        "without a rebalance.",
     )
     statistics_interval_ms: int = Field(default=15000, ge=0)
-    config: dict[str, str] = Field(default_factory=dict)
+    config: dict[str, str | SecretStr] = Field(
+        default_factory=dict,
+        description="librdkafka properties passed through as they are; secret ones "
+        "(*.password, *secret*, ssl.key.pem, ...) are masked in every dump and log",
+    )
+
+    @field_validator("config", mode="after")
+    @classmethod
+    def _secret_values(cls, value: dict[str, str | SecretStr]) -> dict[str, str | SecretStr]:
+        return {
+            key: SecretStr(item) if isinstance(item, str) and is_secret_key(key) else item
+            for key, item in value.items()
+        }
 
     @field_validator("bootstrap_servers")
     @classmethod
@@ -79,12 +128,15 @@ class KafkaSettings(BaseModel):
             conf["sasl.password"] = self.sasl_password.get_secret_value()
         if self.ssl_ca_location:
             conf["ssl.ca.location"] = self.ssl_ca_location
-        conf.update(self.config)
+        for key, value in self.config.items():
+            conf[key] = value.get_secret_value() if isinstance(value, SecretStr) else value
         return conf
 
 
 class PortalSettings(BaseModel):
     """One Bitrix24 portal (tenant): where to call and the OAuth application."""
+
+    model_config = _STRICT
 
     rest_url: str = Field(description="client_endpoint, e.g. https://example.bitrix24.com/rest/")
     oauth_url: str = "https://oauth.bitrix.info/oauth/token/"
@@ -113,6 +165,8 @@ class PortalSettings(BaseModel):
 class EngineSettings(BaseModel):
     """Ordering, batching, buffering and state."""
 
+    model_config = _STRICT
+
     batch_size: int = Field(default=50, ge=1, le=500)
     linger_ms: int = Field(default=5, ge=0)
     max_in_flight_requests: int = Field(default=8, ge=1)
@@ -137,8 +191,21 @@ class EngineSettings(BaseModel):
     )
 
 
+class TopicSettings(BaseModel):
+    """How the service creates its own topics (changelog, outcomes, dead letters, tokens)."""
+
+    replication_factor: int = Field(
+        default=-1, ge=-1, description="replicas per partition; -1: the broker's default"
+    )
+    min_insync_replicas: int | None = Field(
+        default=None, ge=1, description="min.insync.replicas; unset: the broker's default"
+    )
+
+
 class RetrySettings(BaseModel):
     """Exponential backoff with full jitter, per event."""
+
+    model_config = _STRICT
 
     max_attempts: int = Field(default=8, ge=1)
     max_elapsed_s: float = Field(default=300.0, gt=0)
@@ -148,6 +215,8 @@ class RetrySettings(BaseModel):
 
 class HttpSettings(BaseModel):
     """The Bitrix24 HTTP client."""
+
+    model_config = _STRICT
 
     connect_timeout_s: float = Field(default=5.0, gt=0)
     read_timeout_s: float = Field(default=65.0, gt=0)
@@ -172,15 +241,37 @@ class Settings(BaseSettings):
     group_id: str = "imconnector-consumer"
     instance_id: str = Field(
         default_factory=socket.gethostname,
-        description="stable per replica: the transactional id suffix",
+        description="Stable per replica where it can be: the suffix of the transactional id "
+        "(and of group.instance.id with kafka.static_membership). Defaults to the host "
+        "name, which is the pod name: random in a Deployment, stable in a StatefulSet.",
     )
-    schema_registry_url: str | None = None
+    schema_registry_url: str | None = Field(
+        default=None,
+        description="Confluent-compatible Schema Registry, http or https (several URLs: "
+        "comma-separated); credentials go in the settings below, never in the URL",
+    )
+    schema_registry_username: str | None = Field(default=None, description="basic auth user")
+    schema_registry_password: SecretStr | None = Field(
+        default=None, description="basic auth password"
+    )
+    schema_registry_bearer_token: SecretStr | None = Field(
+        default=None, description="a static bearer token (instead of basic auth)"
+    )
+    schema_registry_logical_cluster: str | None = Field(
+        default=None,
+        description="Confluent Cloud's logical cluster id (lsrc-...) sent with a bearer token",
+    )
+    schema_registry_ca_location: str | None = Field(
+        default=None, description="CA bundle (PEM file) that signed the registry's certificate"
+    )
+    schema_registry_timeout_s: float = Field(default=10.0, gt=0)
     dlq_topic_template: str = "{topic}.dlq"
     outcomes_topic: str = "imconnector.outcomes"
     changelog_topic_template: str = "{group}.{topic}.changelog"
     tokens_topic: str = "imconnector.tokens"
     portals: dict[str, PortalSettings] = Field(default_factory=dict)
     engine: EngineSettings = Field(default_factory=EngineSettings)
+    topics: TopicSettings = Field(default_factory=TopicSettings)
     retry: RetrySettings = Field(default_factory=RetrySettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
     http_port: int = Field(default=9000, ge=0, le=65535)
@@ -198,10 +289,57 @@ class Settings(BaseSettings):
             return [t.strip() for t in value.split(",") if t.strip()]
         return value
 
+    @field_validator("source_topics")
+    @classmethod
+    def _legal_topics(cls, value: list[str]) -> list[str]:
+        return [_check_kafka_name(topic, "topic") for topic in value]
+
+    @field_validator("outcomes_topic", "tokens_topic")
+    @classmethod
+    def _legal_topic(cls, value: str) -> str:
+        return _check_kafka_name(value, "topic")
+
+    @field_validator("group_id")
+    @classmethod
+    def _legal_group(cls, value: str) -> str:
+        return _check_kafka_name(value, "group id")
+
     @field_validator("schema_registry_url")
     @classmethod
     def _registry(cls, value: str | None) -> str | None:
-        return None if value is None else _check_url(value, "schema_registry_url").rstrip("/")
+        if value is None:
+            return None
+        urls = []
+        for url in value.split(","):
+            parts = urlsplit(url.strip())
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"{url.strip()!r} is not an absolute http(s) URL")
+            if parts.username or parts.password:
+                raise ValueError(
+                    "put the credentials in IMCONNECTOR_SCHEMA_REGISTRY_USERNAME and "
+                    "IMCONNECTOR_SCHEMA_REGISTRY_PASSWORD, not in the URL"
+                )
+            urls.append(url.strip().rstrip("/"))
+        return ",".join(urls)
+
+    @field_validator("schema_registry_ca_location")
+    @classmethod
+    def _registry_ca(cls, value: str | None) -> str | None:
+        if value is not None and not Path(value).is_file():
+            raise ValueError(f"CA bundle {value} does not exist (mount the file there)")
+        return value
+
+    @model_validator(mode="after")
+    def _registry_auth(self) -> Settings:
+        basic = self.schema_registry_username is not None or self.schema_registry_password
+        if basic and not (self.schema_registry_username and self.schema_registry_password):
+            raise ValueError(
+                "schema registry basic auth needs both IMCONNECTOR_SCHEMA_REGISTRY_USERNAME "
+                "and IMCONNECTOR_SCHEMA_REGISTRY_PASSWORD"
+            )
+        if basic and self.schema_registry_bearer_token:
+            raise ValueError("schema registry: set basic auth or a bearer token, not both")
+        return self
 
     @model_validator(mode="after")
     def _templates(self) -> Settings:
@@ -213,6 +351,9 @@ class Settings(BaseSettings):
                 raise ValueError(
                     f"{name} {template!r} may only use {{topic}} and {{group}}"
                 ) from exc
+            for topic in self.source_topics:
+                derived = template.format(topic=topic, group=self.group_id)
+                _check_kafka_name(derived, f"{name} gives topic")
         return self
 
     @classmethod
@@ -224,8 +365,21 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        """Precedence: explicit arguments, then environment, then the YAML file."""
+        """Precedence: explicit arguments, environment, secret files, the YAML file.
+
+        Secret files (`IMCONNECTOR_SECRETS_DIR`, e.g. a mounted Kubernetes Secret or CSI
+        volume) are named like the variables: `IMCONNECTOR_KAFKA__SASL_PASSWORD`, ...
+        """
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        secrets_dir = getattr(file_secret_settings, "secrets_dir", None) or os.environ.get(
+            f"{ENV_PREFIX}SECRETS_DIR"
+        )
+        if secrets_dir:
+            sources.append(
+                NestedSecretsSettingsSource(
+                    file_secret_settings, secrets_dir=secrets_dir, secrets_dir_missing="error"
+                )
+            )
         config_file = os.environ.get(f"{ENV_PREFIX}CONFIG_FILE")
         if config_file:
             sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
@@ -240,27 +394,22 @@ class Settings(BaseSettings):
         return self.changelog_topic_template.format(topic=topic, group=self.group_id)
 
     def masked_dump(self) -> dict[str, Any]:
-        """The settings as a dict safe to log: every secret shown as '**********'."""
+        """The settings as a dict safe to log: every secret shown as '**********'
+        (`SecretStr` fields and the secret librdkafka keys of `kafka.config`)."""
         return self.model_dump(mode="json")  # SecretStr dumps as '**********' in json mode
 
 
-def _describe(error: dict[str, Any]) -> str:
-    loc = [str(part) for part in error.get("loc", ()) if part not in ("function-after",)]
-    name = ENV_PREFIX + "__".join(loc).upper() if loc else ENV_PREFIX
-    message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
-    if error.get("type") == "missing":
-        if [part.lower() for part in loc] in (["kafka"], ["kafka", "bootstrap_servers"]):
-            return (
-                f"{ENV_PREFIX}KAFKA__BOOTSTRAP_SERVERS is required: set it to host:port[,host:port]"
-            )
-        return f"{name} is required: set it in the environment or the YAML config file"
-    if error.get("type") == "extra_forbidden":
-        return f"{name} is not a known setting (check the spelling; see README 'Configuration')"
-    return f"{name}: {message}"
+def load_settings(
+    config_file: str | Path | None = None,
+    *,
+    secrets_dir: str | Path | None = None,
+    **overrides: Any,
+) -> Settings:
+    """Read and validate the settings, or raise `ConfigError` naming the bad setting.
 
-
-def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
-    """Read and validate the settings, or raise `ConfigError` naming the first bad setting."""
+    Unknown `IMCONNECTOR_*` variables (and secret files) are errors too, with a
+    did-you-mean: a typo must not fall back to a default without a word.
+    """
     if config_file is not None:
         path = Path(config_file)
         if not path.is_file():
@@ -268,14 +417,26 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
                 f"config file {path} does not exist (--config / {ENV_PREFIX}CONFIG_FILE)"
             )
         os.environ[f"{ENV_PREFIX}CONFIG_FILE"] = str(path)
+    names = list(os.environ)
+    directory = secrets_dir or os.environ.get(f"{ENV_PREFIX}SECRETS_DIR")
+    if directory:
+        if not Path(directory).is_dir():
+            raise ConfigError(
+                f"secrets directory {directory} does not exist ({ENV_PREFIX}SECRETS_DIR)"
+            )
+        names += [entry.name for entry in Path(directory).iterdir()]
+    unknown = unknown_names(Settings, names)
+    if unknown:
+        raise ConfigError("; ".join(unknown))
+    arguments: dict[str, Any] = {**overrides, "_secrets_dir": directory or None}
     try:
-        return Settings(**overrides)
+        return Settings(**arguments)
     except SettingsError as exc:
         raise ConfigError(
             f"{exc} (complex settings such as IMCONNECTOR_PORTALS take JSON)"
         ) from None
     except ValidationError as exc:
         errors = exc.errors()
-        first = _describe(dict(errors[0]))
+        first = describe_error(Settings, dict(errors[0]))
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         raise ConfigError(first + more) from None

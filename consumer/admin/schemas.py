@@ -9,10 +9,10 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, cast
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import fastavro
-import httpx
+from confluent_kafka.schema_registry.error import SchemaRegistryError
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 import schemas
@@ -20,6 +20,7 @@ from consumer.admin.console import PROG, absolute_url, err, out, print_json
 from consumer.codec import SchemaRegistryClient, event_from_record
 from consumer.codec.bundle import parse_plain
 from consumer.codec.decoder import SINGLE_OBJECT_MAGIC
+from consumer.codec.registry import registry_http
 from consumer.errors import ConfigError
 from consumer.redact import redact
 
@@ -200,16 +201,6 @@ def _display_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
 
 
-def _registry_latest(url: str, subject: str) -> dict[str, Any] | None:
-    with httpx.Client(timeout=5.0) as http:
-        response = http.get(f"{url}/subjects/{quote(subject, safe='')}/versions/latest")
-    if response.status_code == 404:
-        return None
-    response.raise_for_status()
-    latest = response.json()
-    return latest if isinstance(latest, dict) else None
-
-
 def cmd_schemas_check(args: argparse.Namespace) -> int:
     """`schemas check`: the newest bundled schema against the registry and the older versions."""
     url = args.registry or os.environ.get("IMCONNECTOR_SCHEMA_REGISTRY_URL")
@@ -219,10 +210,11 @@ def cmd_schemas_check(args: argparse.Namespace) -> int:
     newest_number, newest = schemas.released_versions()[-1]
     rows = local_compatibility()
     try:
-        latest = _registry_latest(url, args.subject)
-        with SchemaRegistryClient(url) as registry:
+        # Auth and CA from IMCONNECTOR_SCHEMA_REGISTRY_* as the service reads them.
+        with SchemaRegistryClient.from_environment(url) as registry:
+            latest = registry.latest(args.subject)
             compatible = registry.is_compatible(args.subject, newest)
-    except httpx.HTTPError as exc:
+    except (SchemaRegistryError, registry_http.HTTPError) as exc:
         shown = _display_url(url)
         reason = " ".join(str(exc).split()).replace(url, shown)[:300]
         err(redact(f"{PROG}: schema registry {shown} failed: {type(exc).__name__}: {reason}"))

@@ -50,7 +50,8 @@ def http_client(http_settings: HttpSettings) -> httpx.AsyncClient:
 
 
 class BitrixClient:
-    """Calls `imconnector.*` methods on the configured portals."""
+    """Calls `imconnector.*` methods on the configured portals, each through a connection
+    pool of its own (one portal's hung requests never hold another's connections)."""
 
     def __init__(
         self,
@@ -60,7 +61,7 @@ class BitrixClient:
         *,
         on_refresh: object = None,
     ) -> None:
-        self._http = http_client(http_settings)
+        self._http = {name: http_client(http_settings) for name in portals}
         self.portals = portals
         self.tokens: dict[str, PortalTokens] = {
             name: PortalTokens(
@@ -70,15 +71,16 @@ class BitrixClient:
                 client_id=cfg.client_id,
                 client_secret=cfg.client_secret.get_secret_value(),
                 store=store,
-                http=self._http,
+                http=self._http[name],
                 on_refresh=on_refresh,
             )
             for name, cfg in portals.items()
         }
 
     async def aclose(self) -> None:
-        """Close the connection pool."""
-        await self._http.aclose()
+        """Close the connection pools."""
+        for http in self._http.values():
+            await http.aclose()
 
     def _portal(self, portal: str) -> PortalTokens:
         tokens = self.tokens.get(portal)
@@ -95,7 +97,7 @@ class BitrixClient:
             current = tokens.current()
             endpoint = current.client_endpoint or self.portals[portal].rest_url
             try:
-                response = await self._http.post(
+                response = await self._http[portal].post(
                     f"{endpoint}{method}",
                     content=orjson.dumps({**params, "auth": current.access_token}),
                     headers=_JSON,

@@ -91,7 +91,9 @@ class CircuitBreaker:
 
     Opens when at least `min_calls` were seen and `failure_ratio` of them failed
     transiently; after `cooldown` (doubling up to `max_cooldown` while probes fail)
-    one probe goes through (half-open); its success closes the breaker.
+    one probe goes through (half-open); its success closes the breaker, and so does any
+    answer that shows the portal is there (throttling, an auth error: `answered`). A probe
+    that never reports (cancelled) lets another go after `probe_timeout`.
     """
 
     window: int = 20
@@ -99,10 +101,12 @@ class CircuitBreaker:
     failure_ratio: float = 0.5
     cooldown: float = 2.0
     max_cooldown: float = 60.0
+    probe_timeout: float = 90.0
     state: int = CLOSED
     opened_at: float = 0.0
     current_cooldown: float = 0.0
     probing: bool = False
+    probe_started: float = 0.0
     results: deque[bool] = field(default_factory=deque)
 
     def wait(self, now: float) -> float:
@@ -115,10 +119,17 @@ class CircuitBreaker:
                 return remaining
             self.state = HALF_OPEN
             self.probing = False
-        if self.probing:
+        if self.probing and now - self.probe_started < self.probe_timeout:
             return min(1.0, self.current_cooldown)
         self.probing = True
+        self.probe_started = now
         return 0.0
+
+    def answered(self, now: float) -> None:
+        """The portal answered, neither a success nor a transient failure (throttled, an
+        auth error): it is reachable, so a half-open probe closes the breaker."""
+        if self.state == HALF_OPEN:
+            self.record(True, now)
 
     def record(self, ok: bool, now: float) -> None:
         """Count one call's result (transient failures only; permanent ones are fine)."""

@@ -22,10 +22,10 @@ from consumer.core.events import ChatEvent, MessageDeleted, MessageEdited
 from consumer.core.frozen import frozen
 from consumer.core.mapping import RENAME, SEND, element_for
 from consumer.core.ordering import forget_event_id
+from consumer.core.ranges import RangeSet
 from consumer.core.state import IN_FLIGHT, QUEUED, ChatState, PendingCall
 
 _DELETED_MEMORY = 32
-_FAILED_MEMORY = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,9 +81,9 @@ def _remember_failed(state: ChatState, call: PendingCall) -> None:
     if call.seq is None:
         forget_event_id(state, call.event_id)
         return
-    failed = state.failed or []
-    failed.append(call.seq)
-    state.failed = failed[-_FAILED_MEMORY:]
+    if state.failed is None:
+        state.failed = RangeSet()
+    state.failed.add(call.seq)
 
 
 def _dead(

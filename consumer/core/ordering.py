@@ -1,9 +1,11 @@
 """Per-chat admission: deduplication and the bounded reorder buffer. Pure, time is an argument.
 
 With `sequence`: `seq <= watermark` is a duplicate unless it is a dead-lettered sequence
-being redriven; `seq == watermark + 1` goes on; a later one waits in the reorder buffer
-until the gap fills or the gap timeout passes. Without `sequence`: partition order, dedup
-by `event_id` over the chat's last `dedup_window` ids.
+being redriven (or one the chat gave up waiting for: late); `seq == watermark + 1` goes on;
+a later one waits in the reorder buffer until the gap fills or the gap timeout passes.
+Without `sequence`: partition order; a record at or below the chat's last admitted source
+offset is a re-read (after a restart, from the committed offset), and other copies are
+recognised by `event_id` over the chat's last `dedup_window` ids.
 """
 
 from __future__ import annotations
@@ -12,24 +14,27 @@ from collections.abc import Callable
 from typing import Generic, Literal, TypeVar
 
 from consumer.core.events import ChatEvent
+from consumer.core.ranges import RangeSet
 from consumer.core.state import ChatState
 
 Admission = Literal["new", "redrive", "duplicate", "early", "late"]
-_GAP_MEMORY = 16
 T = TypeVar("T")
 
 
-def classify(state: ChatState, event: ChatEvent) -> Admission:
-    """Decide whether `event` is new, a redrive of a dead letter, a duplicate, or early."""
+def classify(state: ChatState, event: ChatEvent, offset: int = -1) -> Admission:
+    """Decide whether `event` (read at source `offset`) is new, a redrive of a dead letter,
+    a duplicate, late or early."""
     seq = event.sequence
     if seq is None:
+        if 0 <= offset <= state.last_offset:
+            return "duplicate"  # read again after a restart: decided before
         if state.recent_ids and event.event_id in state.recent_ids:
             return "duplicate"
         return "new"
     if seq <= state.watermark:
         if state.failed and seq in state.failed:
             return "redrive"
-        if state.gaps and any(first <= seq <= last for first, last in state.gaps):
+        if state.gaps and seq in state.gaps:
             return "late"  # it arrived after the lane gave up waiting for it
         return "duplicate"
     if seq == state.watermark + 1:
@@ -37,8 +42,11 @@ def classify(state: ChatState, event: ChatEvent) -> Admission:
     return "early"
 
 
-def admit(state: ChatState, event: ChatEvent, admission: Admission, dedup_window: int) -> None:
-    """Record that `event` was admitted (advance the watermark / remember its id)."""
+def admit(
+    state: ChatState, event: ChatEvent, admission: Admission, dedup_window: int, offset: int = -1
+) -> None:
+    """Record that `event` (read at source `offset`) was admitted: advance the watermark, or
+    remember its id and offset."""
     seq = event.sequence
     if seq is None:
         recent = state.recent_ids or []
@@ -46,9 +54,10 @@ def admit(state: ChatState, event: ChatEvent, admission: Admission, dedup_window
         if len(recent) > dedup_window:
             del recent[: len(recent) - dedup_window]
         state.recent_ids = recent
+        state.last_offset = max(state.last_offset, offset)
     elif admission == "redrive":
         assert state.failed is not None
-        state.failed.remove(seq)
+        state.failed.discard(seq)
         if not state.failed:
             state.failed = None
     else:
@@ -126,11 +135,16 @@ class Lane(Generic[T]):
     """
 
     def __init__(
-        self, capacity: int, dedup_window: int, event_of: Callable[[T], ChatEvent]
+        self,
+        capacity: int,
+        dedup_window: int,
+        event_of: Callable[[T], ChatEvent],
+        offset_of: Callable[[T], int] | None = None,
     ) -> None:
         self.buffer: ReorderBuffer[T] = ReorderBuffer(capacity)
         self._dedup_window = dedup_window
         self._event_of = event_of
+        self._offset_of = offset_of
 
     def offer(self, state: ChatState, item: T, now_ms: int) -> Offer[T]:
         """Admit, hold or reject `item`; release what it unblocks."""
@@ -140,7 +154,8 @@ class Lane(Generic[T]):
 
     def _offer(self, state: ChatState, item: T, now_ms: int, out: Offer[T]) -> None:
         event = self._event_of(item)
-        admission = classify(state, event)
+        offset = self._offset_of(item) if self._offset_of is not None else -1
+        admission = classify(state, event, offset)
         if admission in ("duplicate", "late"):
             out.ready.append((item, admission))
             return
@@ -155,7 +170,7 @@ class Lane(Generic[T]):
             self._give_up_gap(state, now_ms, out)  # full: move on from the lowest held
             self._offer(state, item, now_ms, out)
             return
-        admit(state, event, admission, self._dedup_window)
+        admit(state, event, admission, self._dedup_window, offset)
         out.ready.append((item, admission))
         self._release(state, now_ms, out)
 
@@ -175,9 +190,9 @@ class Lane(Generic[T]):
         lowest = self.buffer.lowest()
         assert lowest is not None
         out.gaps.append((state.watermark + 1, lowest - 1))
-        gaps = state.gaps or []
-        gaps.append([state.watermark + 1, lowest - 1])
-        state.gaps = gaps[-_GAP_MEMORY:]
+        if state.gaps is None:
+            state.gaps = RangeSet()
+        state.gaps.add(state.watermark + 1, lowest - 1)
         state.watermark = lowest - 1
         self._release(state, now_ms, out)
 

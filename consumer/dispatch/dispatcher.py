@@ -15,7 +15,7 @@ import queue
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Self
 
@@ -35,6 +35,7 @@ from consumer.errors import (
     TransientError,
 )
 from consumer.observability.metrics import Metrics
+from consumer.observability.tracing import request_span
 from consumer.settings import RetrySettings, Settings
 
 logger = logging.getLogger(__name__)
@@ -78,6 +79,7 @@ class CallResult:
     http_status: int | None = None
     attempts: int = 1
     ambiguous: bool = False
+    cancelled: bool = False  # never sent: its partition was revoked meanwhile
 
 
 @dataclass(slots=True)
@@ -95,6 +97,10 @@ class DispatchPort(Protocol):
 
     @property
     def in_flight(self) -> int: ...
+
+    def in_flight_by_portal(self) -> Mapping[str, int]: ...
+
+    def revoke(self, epochs: set[int]) -> None: ...
 
     @property
     def lost(self) -> bool: ...
@@ -118,6 +124,10 @@ def _params(batch: Batch, elements: list[dict[str, Any]]) -> dict[str, Any]:
     if batch.method in BATCHABLE:
         return {"CONNECTOR": batch.connector, "LINE": batch.line, "MESSAGES": elements}
     return {"CONNECTOR": batch.connector, "LINE": batch.line, **elements[0]}
+
+
+class _Revoked(Exception):
+    """Every call of a request belongs to a revoked partition: it is not sent."""
 
 
 class Dispatcher:
@@ -144,7 +154,10 @@ class Dispatcher:
         self._done: queue.SimpleQueue[BatchDone] = queue.SimpleQueue()
         self._loop = asyncio.new_event_loop()
         self._loop_thread = threading.Thread(target=self._run_loop, name="dispatch", daemon=True)
-        self._semaphore: asyncio.Semaphore | None = None
+        # Request slots are per portal: a portal whose requests hang holds only its own.
+        self._slots: dict[str, asyncio.Semaphore] = {}
+        self._portal_in_flight: dict[str, int] = {}
+        self._revoked: set[int] = set()  # epochs of revoked partitions: their calls stay
         self._limiters: dict[str, PortalRateLimiter] = {}
         self._budgets: dict[str, OperatingBudget] = {}
         self._breakers: dict[str, CircuitBreaker] = {}
@@ -185,9 +198,10 @@ class Dispatcher:
         """Queue `batch` for sending; its `BatchDone` shows up in `drain()`."""
         with self._lock:
             self._in_flight += 1
+            self._portal_in_flight[batch.portal] = self._portal_in_flight.get(batch.portal, 0) + 1
         self._metrics.calls_in_flight.inc(len(batch.calls))
         future = asyncio.run_coroutine_threadsafe(self._run(batch), self._loop)
-        future.add_done_callback(lambda f: f.exception())
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())
 
     def drain(self) -> list[BatchDone]:
         """Every finished batch since the last call (non-blocking)."""
@@ -214,6 +228,17 @@ class Dispatcher:
         """Batches submitted and not yet drained."""
         with self._lock:
             return self._in_flight
+
+    def in_flight_by_portal(self) -> dict[str, int]:
+        """Batches submitted and not yet finished, per portal."""
+        with self._lock:
+            return dict(self._portal_in_flight)
+
+    def revoke(self, epochs: set[int]) -> None:
+        """Calls of these partition assignments are never sent from now on: those still
+        waiting for a slot or a limit come back `cancelled` (the next owner sends them)."""
+        with self._lock:
+            self._revoked |= epochs
 
     def stop(self, timeout: float = 5.0) -> None:
         """Cancel what is left and stop the loop thread."""
@@ -252,7 +277,6 @@ class Dispatcher:
         self._loop.run_forever()
 
     async def _setup(self) -> None:
-        self._semaphore = asyncio.Semaphore(self._max_in_flight)
         self._client = self._client_factory()
 
     async def _shutdown(self) -> None:
@@ -267,6 +291,10 @@ class Dispatcher:
         self._done.put(done)
         with self._lock:
             self._in_flight -= 1
+            portal = done.batch.portal
+            self._portal_in_flight[portal] -= 1
+            if not self._portal_in_flight[portal]:
+                del self._portal_in_flight[portal]
         self._wake.set()
 
     def _portal_policies(
@@ -285,20 +313,24 @@ class Dispatcher:
                 limit=cfg.operating_limit if cfg is not None else self._operating_limit
             )
             self._breakers[portal] = CircuitBreaker()
+            self._slots[portal] = asyncio.Semaphore(self._max_in_flight)
         return self._limiters[portal], self._budgets[portal], self._breakers[portal]
 
-    async def _gate(self, batch: Batch) -> None:
-        """Wait until breaker, operating budget and leaky bucket all allow a request."""
+    async def _gate(self, batch: Batch, calls: list[PendingCall]) -> None:
+        """Wait until breaker, operating budget and leaky bucket all allow a request;
+        `_Revoked` once every call's partition was revoked meanwhile."""
         portal = batch.portal
         self._gated[portal] = self._gated.get(portal, 0) + 1
         try:
-            await self._wait_limits(batch)
+            await self._wait_limits(batch, calls)
         finally:
             self._gated[portal] -= 1
 
-    async def _wait_limits(self, batch: Batch) -> None:
+    async def _wait_limits(self, batch: Batch, calls: list[PendingCall]) -> None:
         limiter, budget, breaker = self._portal_policies(batch.portal)
         while True:
+            if len(self._revoked_in(batch, calls)) == len(calls):
+                raise _Revoked
             now = time.monotonic()
             wait = breaker.wait(now)
             self._metrics.breaker_state.labels(portal=batch.portal).set(breaker.state)
@@ -308,13 +340,42 @@ class Dispatcher:
             wait = budget.wait(batch.method, now)
             if wait > 0:
                 self._metrics.throttle_waits.labels(reason="operating_budget").inc(wait)
-                await asyncio.sleep(min(wait, 5.0))
+                await asyncio.sleep(min(wait, 1.0))
                 continue
             break
         wait = limiter.reserve(time.monotonic())
         if wait > 0:
             self._metrics.throttle_waits.labels(reason="rate_limit").inc(wait)
-            await asyncio.sleep(wait)
+            until = time.monotonic() + wait
+            while (left := until - time.monotonic()) > 0:
+                if len(self._revoked_in(batch, calls)) == len(calls):
+                    raise _Revoked
+                await asyncio.sleep(min(left, 1.0))
+
+    def _revoked_in(self, batch: Batch, calls: list[PendingCall]) -> set[int]:
+        """Indexes of `calls` whose partition was revoked since the batch was planned."""
+        if not self._revoked or not batch.routes:
+            return set()
+        epochs = {id(c): route[2] for (_, c), route in zip(batch.calls, batch.routes, strict=True)}
+        with self._lock:
+            revoked = self._revoked
+            return {i for i, call in enumerate(calls) if epochs.get(id(call)) in revoked}
+
+    async def _without(
+        self, batch: Batch, calls: list[PendingCall], keys: list[str], revoked: set[int]
+    ) -> list[CallResult]:
+        """The batch less its revoked calls (they come back `cancelled`, never sent)."""
+        live = [i for i in range(len(calls)) if i not in revoked]
+        sent = (
+            await self._attempt(batch, [calls[i] for i in live], [keys[i] for i in live])
+            if live
+            else []
+        )
+        results = dict(zip(live, sent, strict=True))
+        return [
+            results.get(i) or CallResult(keys[i], calls[i], False, cancelled=True, attempts=0)
+            for i in range(len(calls))
+        ]
 
     async def _run(self, batch: Batch) -> None:
         done = BatchDone(batch)
@@ -343,7 +404,7 @@ class Dispatcher:
     async def _attempt(
         self, batch: Batch, calls: list[PendingCall], keys: list[str]
     ) -> list[CallResult]:
-        assert self._client is not None and self._semaphore is not None
+        assert self._client is not None
         method = batch.method
         attempts = 0
         backoff_spent = 0.0
@@ -353,22 +414,29 @@ class Dispatcher:
         # Renames take no array: several go out as sub-calls of one REST `batch` request.
         batched = method == RENAME and len(calls) > 1
         request_method = "batch" if batched else method
+        slots = self._slots[batch.portal]
         while True:
-            await self._gate(batch)
-            attempts += 1
-            started = time.monotonic()
             try:
-                async with self._semaphore:
-                    if batched:
-                        body = await self._client.batch(
-                            batch.portal, method, [_params(batch, [c.element]) for c in calls]
-                        )
-                    else:
-                        body = await self._client.call(
-                            batch.portal, method, _params(batch, [c.element for c in calls])
-                        )
+                await self._gate(batch, calls)
+                async with slots:
+                    if self._revoked_in(batch, calls):
+                        raise _Revoked
+                    attempts += 1
+                    started = time.monotonic()
+                    async with request_span(batch.portal, request_method, calls):
+                        if batched:
+                            body = await self._client.batch(
+                                batch.portal, method, [_params(batch, [c.element]) for c in calls]
+                            )
+                        else:
+                            body = await self._client.call(
+                                batch.portal, method, _params(batch, [c.element for c in calls])
+                            )
+            except _Revoked:
+                return await self._without(batch, calls, keys, self._revoked_in(batch, calls))
             except Throttled as exc:
                 self._count_request(request_method, exc.http_status, started)
+                breaker.answered(time.monotonic())  # the portal is there: a probe is done
                 attempts -= 1  # throttling never spends the retry budget
                 if exc.code == "OPERATION_TIME_LIMIT" or exc.http_status == 429:
                     budget.exceeded(method, time.monotonic(), exc.retry_after)
@@ -430,6 +498,7 @@ class Dispatcher:
                 return self._all_failed(keys, calls, exc.error_class, exc, attempts, ambiguous)
             except BitrixError as exc:  # AuthFailed and anything else: permanent
                 self._count_request(request_method, exc.http_status, started)
+                breaker.answered(time.monotonic())
                 return self._all_failed(keys, calls, exc.error_class, exc, attempts, ambiguous)
             except ConfigError as exc:
                 return [

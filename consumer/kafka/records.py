@@ -11,9 +11,12 @@ from confluent_kafka import Message
 
 from consumer import __version__
 from consumer.core.state import PendingCall
+from consumer.observability.tracing import trace_id
 from consumer.redact import redact
 
 Headers = list[tuple[str, bytes]]
+# Set by `dlq redrive` on the records it replays (the count of redrives so far).
+REDRIVE_HEADER = "imconnector.redrive.count"
 
 
 def record_headers(msg: Message) -> tuple[tuple[str, bytes], ...]:
@@ -74,6 +77,9 @@ def dead_letter_headers(
         ("imconnector.event_id", call.event_id.encode()),
         ("imconnector.version", __version__.encode()),
     ]
+    trace = trace_id(call.headers)  # None unless tracing is on
+    if trace is not None:
+        out.append(("imconnector.trace_id", trace.encode()))
     return out
 
 
@@ -93,4 +99,40 @@ def outcome_record(chat: str, call: PendingCall, outcome: str, **fields: Any) ->
     for name, value in fields.items():
         if value is not None:
             doc[name] = redact(value) if isinstance(value, str) else value
+    trace = trace_id(call.headers)  # None unless tracing is on
+    if trace is not None:
+        doc["trace_id"] = trace
     return orjson.dumps(doc)
+
+
+# Bytes a record costs beyond its key, value and headers (record and batch framing).
+RECORD_OVERHEAD = 512
+HEADER_CUT = 1024  # a header value longer than this is cut when a record must shrink
+
+
+def record_size(key: bytes, value: bytes | None, headers: Headers | None) -> int:
+    """What a record weighs against a topic's `max.message.bytes` (uncompressed)."""
+    size = RECORD_OVERHEAD + len(key) + len(value or b"")
+    for name, data in headers or ():
+        size += len(name) + len(data) + 8
+    return size
+
+
+def fit_record(
+    key: bytes, value: bytes | None, headers: Headers, limit: int
+) -> tuple[bytes | None, Headers, bool]:
+    """Make a dead letter fit `limit` bytes: long header values are cut first (a header
+    names them), then the value is left out (a header gives its size). Returns the value,
+    the headers and whether the value had to go."""
+    if record_size(key, value, headers) <= limit:
+        return value, headers, False
+    cut = [name for name, data in headers if len(data) > HEADER_CUT]
+    if cut:
+        headers = [(n, d[:HEADER_CUT] if len(d) > HEADER_CUT else d) for n, d in headers]
+        headers.append(("imconnector.error.truncated_headers", ",".join(cut).encode()))
+        if record_size(key, value, headers) <= limit:
+            return value, headers, False
+    headers = [*headers, ("imconnector.error.value_bytes", str(len(value or b"")).encode())]
+    while record_size(key, None, headers) > limit and len(headers) > 1:
+        headers = headers[1:]  # the original record's own headers go first, ours last
+    return None, headers, True

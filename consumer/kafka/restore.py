@@ -16,7 +16,7 @@ def read_partition_to_end(
     `reader` reads committed data only with partition EOF events on (`restore_reader`),
     so an open transaction of a dead process (not yet aborted) is not restored.
     """
-    low, high = _watermarks(reader, topic, partition)
+    low, high = watermarks(reader, topic, partition)
     if high <= low:
         return
     reader.assign([TopicPartition(topic, partition, low)])
@@ -41,7 +41,8 @@ def read_partition_to_end(
         reader.unassign()
 
 
-def _watermarks(reader: Consumer, topic: str, partition: int) -> tuple[int, int]:
+def watermarks(reader: Consumer, topic: str, partition: int) -> tuple[int, int]:
+    """`(low, high)` of one partition, waiting a little for a topic created a moment ago."""
     # A topic created a moment ago may not be in this client's metadata yet.
     deadline = time.monotonic() + 30
     while True:

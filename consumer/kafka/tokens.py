@@ -5,7 +5,7 @@ from __future__ import annotations
 from confluent_kafka import KafkaError, KafkaException, Producer
 
 from consumer.bitrix.oauth import MemoryTokenStore, TokenSet, TokenStore
-from consumer.kafka.clients import restore_reader
+from consumer.kafka.clients import client_config, restore_reader
 from consumer.kafka.restore import read_partition_to_end
 from consumer.settings import Settings
 
@@ -17,7 +17,7 @@ class KafkaTokenStore:
         self._settings = settings
         self._topic = settings.tokens_topic
         self._producer = Producer(
-            {**settings.kafka.librdkafka(), "acks": "all", "enable.idempotence": True}
+            {**client_config(settings), "acks": "all", "enable.idempotence": True}
         )
 
     def load(self, portal: str) -> TokenSet | None:

@@ -1,4 +1,9 @@
-"""One HTTP port for operators: `/metrics`, `/healthz` (poll loop alive), `/readyz` (restored)."""
+"""One HTTP port for operators: `/metrics`, `/healthz` (poll loop alive), `/readyz` (restored).
+
+`/metrics` goes through prometheus_client's exposition: the Prometheus text format, or
+OpenMetrics when the scraper asks for it (`Accept`), as Prometheus does for exemplars and
+created timestamps.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import choose_encoder
 
 from consumer.observability.metrics import Metrics
 
@@ -33,7 +38,8 @@ class OpsServer:
             def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
                 if path == "/metrics":
-                    self._send(200, generate_latest(server.metrics.registry), CONTENT_TYPE_LATEST)
+                    encode, content_type = choose_encoder(self.headers.get("Accept", ""))
+                    self._send(200, encode(server.metrics.registry), content_type)
                 elif path == "/healthz":
                     alive, why = server.alive()
                     self._send(200 if alive else 503, why.encode(), "text/plain")

@@ -7,11 +7,8 @@ partition, portal); never chat ids, event ids or error strings. Dashboards
 
 from __future__ import annotations
 
-import json
-import time
-from collections.abc import Iterator
+import contextlib
 from threading import Lock
-from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -22,13 +19,60 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.registry import Collector
+
+from consumer.observability.librdkafka_stats import LibrdkafkaStats
 
 PREFIX = "imconnector"
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+# An event can wait minutes behind a gap, a rename waits for its chat's first send, a
+# portal outage holds everything: the latency an operator pages on reaches an hour.
+_EVENT_LATENCY_BUCKETS = (
+    *_LATENCY_BUCKETS[3:],
+    120.0,
+    300.0,
+    600.0,
+    1800.0,
+    3600.0,
+)
 _BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200)
+BREAKER_STATES = ("closed", "half_open", "open")  # consumer.bitrix.limits: 0, 1, 2
+
+
+class BreakerStateGauge:
+    """`imconnector_circuit_breaker_state{portal, state}`: per portal one series per state,
+    1 for the current one and 0 for the others (a state set, so alerts match a name, not
+    a number). `labels(portal=...).set(state)` takes the breaker's 0/1/2 or the name."""
+
+    def __init__(self, gauge: Gauge) -> None:
+        self._gauge = gauge
+        self._current: dict[str, str] = {}
+        self._lock = Lock()
+
+    def labels(self, *, portal: str) -> _PortalBreakerState:
+        """The state of `portal`'s breaker, to `set`."""
+        return _PortalBreakerState(self, portal)
+
+    def set(self, portal: str, state: int | str) -> None:
+        """Make `state` the 1 of `portal` (only on a change: called per batch)."""
+        name = BREAKER_STATES[state] if isinstance(state, int) else state
+        with self._lock:
+            if self._current.get(portal) == name:
+                return
+            self._current[portal] = name
+            for each in BREAKER_STATES:
+                self._gauge.labels(portal=portal, state=each).set(1.0 if each == name else 0.0)
+
+
+class _PortalBreakerState:
+    __slots__ = ("_owner", "_portal")
+
+    def __init__(self, owner: BreakerStateGauge, portal: str) -> None:
+        self._owner = owner
+        self._portal = portal
+
+    def set(self, state: int | str) -> None:
+        self._owner.set(self._portal, state)
 
 
 class Metrics:
@@ -38,6 +82,8 @@ class Metrics:
         self,
         registry: CollectorRegistry | None = None,
         version: str = "0",
+        *,
+        statistics_interval_s: float = 15.0,
     ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
@@ -100,11 +146,14 @@ class Metrics:
             ["result"],
             registry=r,
         )
-        self.breaker_state = Gauge(
-            f"{p}_circuit_breaker_state",
-            "Per-portal breaker: 0 closed, 1 half-open, 2 open.",
-            ["portal"],
-            registry=r,
+        self.breaker_state = BreakerStateGauge(
+            Gauge(
+                f"{p}_circuit_breaker_state",
+                "Per-portal breaker state: 1 for the current state (closed, half_open, "
+                "open), 0 for the others.",
+                ["portal", "state"],
+                registry=r,
+            )
         )
         self.reorder_held = Gauge(
             f"{p}_reorder_held_events",
@@ -121,7 +170,7 @@ class Metrics:
         self.event_latency = Histogram(
             f"{p}_event_latency_seconds",
             "Event time to the end of its successful call.",
-            buckets=_LATENCY_BUCKETS,
+            buckets=_EVENT_LATENCY_BUCKETS,
             registry=r,
         )
         self.calls_in_flight = Gauge(
@@ -181,13 +230,19 @@ class Metrics:
             "Times a partition was paused because its calls piled up (backpressure).",
             registry=r,
         )
+        self.registry_waits = Counter(
+            f"{p}_registry_waits_total",
+            "Times a partition went back to a record because the schema registry did not "
+            "answer (it reads the record again after a backoff).",
+            registry=r,
+        )
         self.poll_heartbeat = Gauge(
             f"{p}_poll_loop_last_seen_timestamp_seconds",
             "Unix time the poll loop last ran.",
             registry=r,
         )
         self.ready = Gauge(f"{p}_ready", "1 when assigned partitions are restored.", registry=r)
-        self.kafka = LibrdkafkaStats()
+        self.kafka = LibrdkafkaStats(statistics_interval_s)
         r.register(self.kafka)
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
@@ -203,6 +258,9 @@ class Metrics:
             "exhausted",
             "parked",
             "ambiguous",
+            "invalid_event",
+            "too_large",
+            "lost",
         ):
             self.dead_letters.labels(error_class=error_class)
         for result in ("ok", "adopted", "failed"):
@@ -212,55 +270,7 @@ class Metrics:
         for reason in ("timeout", "chat_buffer_full", "buffers_full"):
             self.sequence_gaps.labels(reason=reason)
 
-
-class LibrdkafkaStats(Collector):
-    """Exposes the latest librdkafka statistics JSON (`stats_cb`) as metrics at scrape time."""
-
-    def __init__(self) -> None:
-        self._lock = Lock()
-        self._stats: dict[str, Any] = {}
-        self._received_at = 0.0
-
-    def update(self, stats_json: str) -> None:
-        """Store one `stats_cb` payload; called from the poll loop."""
-        parsed = json.loads(stats_json)
-        with self._lock:
-            self._stats = parsed
-            self._received_at = time.time()
-
-    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
-        """Yield lag per assigned partition, broker state and group rebalances."""
-        with self._lock:
-            stats = self._stats
-        lag = GaugeMetricFamily(
-            f"{PREFIX}_kafka_consumer_lag",
-            "Messages behind the end of each assigned partition (librdkafka consumer_lag_stored).",
-            labels=["topic", "partition"],
-        )
-        broker_up = GaugeMetricFamily(
-            f"{PREFIX}_kafka_broker_up",
-            "1 when librdkafka's broker connection is UP.",
-            labels=["broker"],
-        )
-        rebalances = CounterMetricFamily(
-            f"{PREFIX}_kafka_group_rebalances", "Consumer group rebalances seen by librdkafka."
-        )
-        for topic, tstats in (stats.get("topics") or {}).items():
-            for pid, pstats in (tstats.get("partitions") or {}).items():
-                if pid == "-1":
-                    continue
-                value = pstats.get("consumer_lag_stored", -1)
-                if value is None or value < 0:
-                    value = pstats.get("consumer_lag", -1)
-                if value is not None and value >= 0:
-                    lag.add_metric([topic, pid], float(value))
-        for name, bstats in (stats.get("brokers") or {}).items():
-            if bstats.get("nodeid", -1) < 0:
-                continue
-            broker_up.add_metric([name], 1.0 if bstats.get("state") == "UP" else 0.0)
-        cgrp = stats.get("cgrp")
-        if cgrp:
-            rebalances.add_metric([], float(cgrp.get("rebalance_cnt", 0)))
-        yield lag
-        yield broker_up
-        yield rebalances
+    def forget_partition(self, topic: str, partition: int) -> None:
+        """A revoked partition's series go (a stale age must not page anyone)."""
+        with contextlib.suppress(KeyError):
+            self.oldest_event_age.remove(topic, str(partition))

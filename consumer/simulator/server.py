@@ -118,7 +118,10 @@ class _Handler(BaseHTTPRequestHandler):
                 self._token(url.query, body)
             elif path == "/registry" or path.startswith("/registry/"):
                 status, payload = self.server.registry.route(
-                    self.command, path[len("/registry") :], body
+                    self.command,
+                    path[len("/registry") :],
+                    body,
+                    self.headers.get("Authorization", ""),
                 )
                 self._send_json(status, payload, REGISTRY_CONTENT_TYPE)
             elif path.startswith("/_sim/"):

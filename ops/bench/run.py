@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from confluent_kafka import KafkaException, Producer, TopicPartition
+from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -858,6 +858,7 @@ def idle_state_templates(count: int, seed: int) -> list[bytes]:
     from consumer.core.fold import FoldConfig, new_call, on_event, on_success
     from consumer.core.ordering import Lane
     from consumer.core.state import ChatState
+    from consumer.store.encoding import encode_chat
 
     rng = random.Random(seed)
     now_ms = int(time.time() * 1000)
@@ -883,18 +884,16 @@ def idle_state_templates(count: int, seed: int) -> list[bytes]:
                     on_success(state, state.outbox[0], None, now_ms)
         assert state.is_idle()
         state.last_activity_ms = now_ms - rng.randint(0, 7 * 86_400_000)
-        out.append(state.to_bytes())
+        out.append(encode_chat(state))
     return out
 
 
 def restore_worker(args: argparse.Namespace) -> int:
-    from prometheus_client import CollectorRegistry
-
-    from consumer.bitrix.oauth import MemoryTokenStore
     from consumer.core.state import ChatState
-    from consumer.observability.metrics import Metrics
-    from consumer.service import build_engine
+    from consumer.engine.restorer import Restorer
     from consumer.settings import Settings
+    from consumer.store.changelog import Dormant, PartitionStore
+    from consumer.store.encoding import chat_doc, decode_chat
 
     topic = f"{args.run_id}-restore-source"
     group = f"{args.run_id}-restore"
@@ -926,25 +925,38 @@ def restore_worker(args: argparse.Namespace) -> int:
     produce_s = time.monotonic() - started
     value_sizes = [len(t) for t in templates]
 
-    engine = build_engine(settings, Metrics(CollectorRegistry()), token_store=MemoryTokenStore())
-    partitions = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+    stores = [PartitionStore("bench") for _ in range(PARTITIONS)]
+    restorer = Restorer(settings)
     trim_heap()
     rss_before = rss_bytes()
-    log("restore: restoring with Engine._on_assign -> Engine._restore")
+    log("restore: restoring with consumer.engine.restorer into consumer.store PartitionStores")
     started = time.monotonic()
-    engine._on_assign(None, partitions)  # type: ignore[arg-type]  # the consumer is unused
+    pending = {p for p, store in enumerate(stores) if not restorer.add(changelog, p, store)}
+    while pending:
+        for _, p in restorer.step(1.0):
+            pending.discard(p)
+    for store in stores:
+        store.finish_load()
+    restorer.close()
     restore_s = time.monotonic() - started
     trim_heap()
     rss_after = rss_bytes()
-    held = [work.states for work in engine.parts.values()]
-    count = sum(len(states) for states in held)
-    as_bytes = sum(1 for states in held for v in states.values() if isinstance(v, bytes))
+    held = [store.chats for store in stores]
+    count = sum(len(chats) for chats in held)
+    as_bytes = sum(1 for chats in held for v in chats.values() if isinstance(v, Dormant))
     deep = sum(
-        sys.getsizeof(states) + sum(sys.getsizeof(k) + sys.getsizeof(v) for k, v in states.items())
-        for states in held
+        sys.getsizeof(chats)
+        + sum(
+            sys.getsizeof(k)
+            + sys.getsizeof(v)
+            + (sys.getsizeof(v.record) if isinstance(v, Dormant) else 0)
+            for k, v in chats.items()
+        )
+        for chats in held
     )
     sample = next(iter(held[0].values()))
-    decoded = ChatState.from_bytes(sample) if isinstance(sample, bytes) else sample
+    decoded = decode_chat(chat_doc(sample.record), {})[0] if isinstance(sample, Dormant) else sample
+    assert isinstance(decoded, ChatState)
     result = {
         "states": n,
         "restored": count,

@@ -164,8 +164,8 @@ def rows() -> list[Row]:
                     "Open breakers",
                     "Portals whose circuit breaker is open (calls suspended).",
                     Target(
-                        f"count(max by (portal) (imconnector_circuit_breaker_state{{{SEL}}}) == 2)"
-                        " or vector(0)"
+                        "count(max by (portal) (imconnector_circuit_breaker_state"
+                        f'{{{SEL}, state="open"}}) == 1) or vector(0)'
                     ),
                     thresholds=[(None, "green"), (1, "red")],
                     decimals=0,
@@ -347,7 +347,8 @@ def rows() -> list[Row]:
                 timeseries(
                     "Assigned and paused partitions by pod",
                     "Partitions per replica, those paused for backpressure (their calls "
-                    "piled up), and how many times partitions were paused.",
+                    "piled up), how many times partitions were paused, and how many times one "
+                    "went back to a record because the schema registry did not answer.",
                     Target(
                         f"sum by (pod) (imconnector_assigned_partitions{{{SEL}}})",
                         "assigned {{pod}}",
@@ -360,6 +361,11 @@ def rows() -> list[Row]:
                         "sum by (pod) "
                         f"(increase(imconnector_partition_pauses_total{{{SEL}}}[{RATE}]))",
                         "pauses {{pod}}",
+                    ),
+                    Target(
+                        "sum by (pod) "
+                        f"(increase(imconnector_registry_waits_total{{{SEL}}}[{RATE}]))",
+                        "registry waits {{pod}}",
                     ),
                 ),
                 timeseries(
@@ -400,7 +406,10 @@ def rows() -> list[Row]:
                     "Per-portal breaker: closed, half-open, open (worst replica).",
                     [
                         Target(
-                            f"max by (portal) (imconnector_circuit_breaker_state{{{SEL}}})",
+                            # The state set as 0 closed, 1 half-open, 2 open (worst replica).
+                            "max by (portal) (sum without (state) (imconnector_circuit_breaker_"
+                            f'state{{{SEL}, state="half_open"}}) + 2 * sum without (state) '
+                            f'(imconnector_circuit_breaker_state{{{SEL}, state="open"}}))',
                             "{{portal}}",
                         )
                     ],
@@ -444,6 +453,35 @@ def rows() -> list[Row]:
                     "Commit duration",
                     "Time to commit one Kafka transaction.",
                     *quantiles("imconnector_transaction_duration_seconds", qs=(0.5, 0.99)),
+                    unit="s",
+                ),
+                timeseries(
+                    "Producer transaction state",
+                    "librdkafka's transaction state of each pod's producer (InTransaction, "
+                    "CommittingTransaction, AbortableError, FatalError, ...).",
+                    Target(
+                        f"max by (pod, state) (imconnector_kafka_transaction_state{{{SEL}}})",
+                        "{{pod}} {{state}}",
+                    ),
+                ),
+                timeseries(
+                    "Broker round trip p99",
+                    "librdkafka's broker round-trip time, consumer and producer (worst pod).",
+                    Target(
+                        "max by (client, broker) "
+                        f"(imconnector_kafka_broker_rtt_p99_seconds{{{SEL}}})",
+                        "{{client}} {{broker}}",
+                    ),
+                    unit="s",
+                ),
+                timeseries(
+                    "Broker throttle p99",
+                    "Time the brokers throttled this client (quotas), consumer and producer.",
+                    Target(
+                        "max by (client, broker) "
+                        f"(imconnector_kafka_broker_throttle_p99_seconds{{{SEL}}})",
+                        "{{client}} {{broker}}",
+                    ),
                     unit="s",
                 ),
             ],

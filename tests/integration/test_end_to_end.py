@@ -300,10 +300,10 @@ class LedgerWatch:
         if out and self.abort_every and self.candidates % self.abort_every == 0:
             self.made.clear()  # an aborted transaction commits none of them
             deadline = time.monotonic() + 2.0
-            while not engine._txn_outputs and time.monotonic() < deadline:
+            while not engine.writer.pending and time.monotonic() < deadline:
                 time.sleep(0.001)  # until an outcome waits for the next transaction
             self.aborted += 1
-            self.aborted_with_newer += bool(engine._txn_outputs)
+            self.aborted_with_newer += bool(engine.writer.pending)
             # Fails where the offsets would: after the flush (the engine flushed them).
             raise KafkaException(
                 KafkaError(KafkaError.ILLEGAL_GENERATION, "injected", txn_requires_abort=True)

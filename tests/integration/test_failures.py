@@ -350,7 +350,7 @@ def test_outage_parks_chats_breaker_keeps_other_portal_flowing_and_redrive_repla
             )
             assert (
                 registry.get_sample_value(
-                    "imconnector_circuit_breaker_state", {"portal": "portal-b"}
+                    "imconnector_circuit_breaker_state", {"portal": "portal-b", "state": "open"}
                 )
                 is not None
             )

@@ -670,7 +670,10 @@ def test_dockerfile_builds_what_the_chart_expects(helm: str) -> None:
         for k, rest in instructions[: instructions.index(("FROM", stages[0][0][1]))]
         if k == "ARG"
     )
-    assert global_args["PYTHON_IMAGE"] == "python:3.11-slim-bookworm"
+    # Pinned by digest (tests/unit/test_packaging.py checks the bump command is there).
+    assert re.fullmatch(
+        r"python:3\.11-slim-bookworm@sha256:[0-9a-f]{64}", global_args["PYTHON_IMAGE"]
+    )
     assert [stage[0][1] for stage in stages] == [
         "${PYTHON_IMAGE} AS build",
         "${PYTHON_IMAGE} AS runtime",
@@ -697,6 +700,7 @@ def test_dockerfile_builds_what_the_chart_expects(helm: str) -> None:
     assert ("COPY", "--from=build /opt/venv /opt/venv") in final
     assert all(k not in {"RUN"} or "pip" not in rest for k, rest in final), "no pip at runtime"
     builds = " ".join(rest for k, rest in stages[0] if k == "RUN")
+    assert "pip install --require-hashes --no-deps -r requirements.lock" in builds
     assert "pip install --no-deps ." in builds
     assert "compileall" in builds
     # The entrypoint the image runs is the console script pyproject.toml declares.
@@ -711,11 +715,11 @@ def test_dockerignore_allows_only_the_build_inputs() -> None:
     ]
     assert lines[0] == "*", "allow-list: exclude everything first"
     allowed = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
-    assert allowed == {"pyproject.toml", "README.md", "consumer", "schemas"}
+    assert allowed == {"pyproject.toml", "requirements.lock", "README.md", "consumer", "schemas"}
     copied = set()
     for keyword, rest in dockerfile_instructions():
         if keyword == "COPY" and not rest.startswith("--from"):
             copied.update(part.rstrip("/*") for part in rest.split()[:-1])
     assert copied == allowed
-    for path in ("pyproject.toml", "consumer", "schemas"):
+    for path in ("pyproject.toml", "requirements.lock", "consumer", "schemas"):
         assert (REPO / path).exists(), path

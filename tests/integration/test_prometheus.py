@@ -521,9 +521,9 @@ def test_prometheus_scrapes_the_consumer_and_every_panel_and_alert_works(
         wait_until(
             lambda: (
                 registry.get_sample_value(
-                    "imconnector_circuit_breaker_state", {"portal": "portal-b"}
+                    "imconnector_circuit_breaker_state", {"portal": "portal-b", "state": "open"}
                 )
-                == 2
+                == 1
             ),
             30,
             "portal-b's breaker to open",

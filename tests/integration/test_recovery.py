@@ -24,11 +24,11 @@ from confluent_kafka import Producer
 from consumer.codec import ChatEventEncoder
 from consumer.core.events import ChatEvent, ChatRenamed, ExternalUser, MessageEdited, MessageSent
 from consumer.core.mapping import SEND
-from consumer.core.state import block_key, body_key, decode_block, is_block_key, parse_body_key
-from consumer.engine import engine as engine_module
 from consumer.kafka.clients import restore_reader
 from consumer.kafka.restore import read_partition_to_end
 from consumer.settings import Settings
+from consumer.store import changelog as store_module
+from consumer.store.encoding import block_key, body_key, decode_block, key_kind
 from tests.integration.harness import (
     CONNECTOR,
     LINE,
@@ -253,8 +253,8 @@ def test_waiting_calls_survive_a_handover_and_finished_calls_leave_no_body_recor
         )
         wait_until(lambda: any(r.error for r in sim.portal.call_records()), 30, "a failed send")
     waiting = _changelog(first, topic, 2)
-    assert not [k for k in waiting if parse_body_key(k)], "no body record of its own per call"
-    blocks = [v for k, v in waiting.items() if v is not None and is_block_key(k)]
+    assert not [k for k in waiting if key_kind(k) == "body"], "no body record of its own per call"
+    blocks = [v for k, v in waiting.items() if v is not None and key_kind(k) == "block"]
     held = {(chat, offset) for value in blocks for chat, offset, _ in decode_block(value)}
     assert len(held) == len(sends), "every waiting call's body is in a live block"
     assert len(blocks) < len(sends) / 2, "bodies share blocks"
@@ -282,11 +282,11 @@ def test_waiting_calls_survive_a_handover_and_finished_calls_leave_no_body_recor
         texts = [ident for _, ident in seen[f"hand-{chat}"]]
         assert texts == [f"hand-{chat}-m{seq}:text {seq}" for seq in (1, 2, 3)], chat
     done = _changelog(second, topic, 2)
-    left = [k for k, v in done.items() if v is not None and (parse_body_key(k) or is_block_key(k))]
+    left = [k for k, v in done.items() if v is not None and key_kind(k) != "chat"]
     assert left == [], f"bodies of finished calls are still live: {left[:5]}"
     assert done[orphan] is None, "the orphan body record was deleted after the restore"
     assert done[orphan_block] is None, "the orphan block was deleted after the restore"
-    heads = {k: v for k, v in done.items() if not (parse_body_key(k) or is_block_key(k))}
+    heads = {k: v for k, v in done.items() if key_kind(k) == "chat"}
     assert len(heads) == 20 and all(v is not None and b'"o"' not in v for v in heads.values())
 
 
@@ -297,7 +297,7 @@ def test_a_few_long_waiting_calls_move_out_of_a_block_the_others_left(
     few wait (here sends fail while edits go through), the waiting ones are written into
     a block of their own and the old block is deleted: an outage of one portal must not
     keep the bodies of every call that shared a commit with its calls."""
-    monkeypatch.setattr(engine_module, "REHOME_AFTER_S", 0.0)
+    monkeypatch.setattr(store_module, "REHOME_AFTER_S", 0.0)
     topic = topic_factory(1)
     waiting = [f"wait-{n}" for n in range(5)]
     events = [
@@ -315,7 +315,7 @@ def test_a_few_long_waiting_calls_move_out_of_a_block_the_others_left(
         return {
             chat.rsplit("|", 1)[1]
             for key, value in latest.items()
-            if value is not None and is_block_key(key)
+            if value is not None and key_kind(key) == "block"
             for chat, _, _ in decode_block(value)
         }
 

@@ -3,7 +3,7 @@ resolution (old writers stay readable), the registry client's error mapping, and
 shape of `imconnector-consumer produce`.
 
 Starts nothing: Confluent framing goes through an in-test fake registry (or the real client
-on an `httpx.MockTransport`); the few cases that can kill or hang the interpreter run in a
+on a mock transport); the few cases that can kill or hang the interpreter run in a
 child process so that they fail instead of taking pytest down.
 """
 
@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import fastavro
-import httpx
 import pytest
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
@@ -36,6 +35,7 @@ from consumer.codec import (
     event_to_record,
 )
 from consumer.codec.bundle import parse_plain
+from consumer.codec.registry import registry_http
 from consumer.core.events import (
     PAYLOAD_KINDS,
     ChatEvent,
@@ -437,18 +437,21 @@ def test_single_object_records_never_ask_the_registry(registry):
 
 
 def _client(handler) -> SchemaRegistryClient:
+    """The real client (confluent-kafka's underneath) on a mock transport of its own HTTP
+    library (httpx2 when installed)."""
     client = SchemaRegistryClient("http://registry.test/")
-    client._http.close()
-    client._http = httpx.Client(transport=httpx.MockTransport(handler))
+    rest = client._client._rest_client
+    rest.session.close()
+    rest.session = registry_http.Client(transport=registry_http.MockTransport(handler))
     return client
 
 
 def test_the_registry_client_fetches_a_writer_schema_once_and_caches_it():
     paths: list[str] = []
 
-    def handler(request: httpx.Request) -> httpx.Response:
+    def handler(request):
         paths.append(request.url.path)
-        return httpx.Response(200, json={"schema": json.dumps(READER_RAW)})
+        return registry_http.Response(200, json={"schema": json.dumps(READER_RAW)})
 
     with _client(handler) as client:
         decoder = ChatEventDecoder(client)
@@ -458,19 +461,20 @@ def test_the_registry_client_fetches_a_writer_schema_once_and_caches_it():
 
 
 def test_the_registry_client_maps_404_to_unknown_schema_id():
-    with _client(lambda request: httpx.Response(404, json={"error_code": 40403})) as client:
+    answer = registry_http.Response(404, json={"error_code": 40403})
+    with _client(lambda request: answer) as client:
         error = _decode_error(ChatEventDecoder(client), _confluent(7, BODY))
     assert (type(error), error.code) == (UnknownSchema, "UNKNOWN_SCHEMA_ID")
 
 
 @pytest.mark.parametrize("answer", [500, 503, 401, "connect-error", "read-timeout"])
 def test_the_registry_client_maps_other_failures_to_registry_unavailable(answer):
-    def handler(request: httpx.Request) -> httpx.Response:
+    def handler(request):
         if answer == "connect-error":
-            raise httpx.ConnectError("refused", request=request)
+            raise registry_http.ConnectError("refused", request=request)
         if answer == "read-timeout":
-            raise httpx.ReadTimeout("slow", request=request)
-        return httpx.Response(answer)
+            raise registry_http.ReadTimeout("slow", request=request)
+        return registry_http.Response(answer)
 
     with _client(handler) as client, pytest.raises(RegistryUnavailable):
         ChatEventDecoder(client).decode(_confluent(7, BODY))
@@ -500,7 +504,7 @@ BAD_REGISTRY_BODIES = {
 
 @pytest.mark.parametrize("body", list(BAD_REGISTRY_BODIES.values()), ids=list(BAD_REGISTRY_BODIES))
 def test_a_garbage_registry_answer_is_poison_not_a_crash(body):
-    with _client(lambda request: httpx.Response(200, content=body)) as client:
+    with _client(lambda request: registry_http.Response(200, content=body)) as client:
         error = _decode_error(ChatEventDecoder(client), _confluent(7, BODY))
     assert error.code in {"INVALID_WRITER_SCHEMA", "AVRO_DECODE", "UNSUPPORTED_WRITER_SCHEMA"}
 

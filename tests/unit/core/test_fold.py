@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import itertools
 
-import orjson
-import pytest
-
 from consumer.core.events import (
     ChatEvent,
     ChatRenamed,
@@ -27,20 +24,20 @@ from consumer.core.fold import (
     on_tick,
 )
 from consumer.core.mapping import DELETE, RENAME, SEND, UPDATE
-from consumer.core.state import (
-    IN_FLIGHT,
-    QUEUED,
-    ChatState,
-    MissingCallBody,
-    block_key,
-    body_key,
-    decode_block,
-    encode_block,
-    is_block_key,
-    parse_body_key,
-)
+from consumer.core.ranges import RangeSet
+from consumer.core.state import IN_FLIGHT, QUEUED, ChatState
+from consumer.store.encoding import chat_doc, decode_chat, encode_body, encode_chat
 
 CONFIG = FoldConfig(rename_wait_timeout_ms=10_000)
+
+
+def _through_the_changelog(state: ChatState) -> ChatState:
+    bodies = {call.offset: encode_body(call) for call in state.calls()}
+    restored, missing = decode_chat(chat_doc(encode_chat(state)), bodies)
+    assert not missing
+    return restored
+
+
 _ids = itertools.count(1)
 
 
@@ -110,7 +107,7 @@ def test_held_rename_times_out_into_a_causal_wait_dead_letter():
     assert [(o.outcome, o.error_class, o.code) for o in outcomes] == [
         ("dead_lettered", "causal_wait", "CHAT_RENAMING_FAILED")
     ]
-    assert state.failed == [1]
+    assert state.failed == RangeSet([[1, 1]])
 
 
 def test_renaming_failed_on_the_portal_holds_the_rename():
@@ -157,7 +154,7 @@ def test_exhausted_retries_park_the_chat_and_dead_letter_later_events_in_order()
     assert state.parked and state.outbox == []
     later = feed(state, ev(MessageSent("m4", "x"), 4))
     assert [(o.error_class, o.code) for o in later] == [("parked", "CHAT_PARKED")]
-    assert state.failed == [1, 2, 3, 4]
+    assert state.failed == RangeSet([[1, 4]])
     # A redriven event unparks the chat and is applied.
     assert feed(state, ev(MessageSent("m1", "x"), 1), redrive=True) == []
     assert not state.parked and [c.seq for c in state.outbox] == [1]
@@ -177,7 +174,7 @@ def test_in_flight_send_after_restart_follows_the_unknown_outcome_policy():
         state = ChatState()
         feed(state, ev(MessageSent("m1", "x"), 1))
         state.outbox[0].status = IN_FLIGHT
-        restored = ChatState.from_bytes(state.to_bytes(), state.bodies())
+        restored = _through_the_changelog(state)
         outcomes = on_restore(restored, policy)
         assert [o.outcome for o in outcomes] == [expected]
         if policy == "resend":
@@ -195,48 +192,6 @@ def test_in_flight_idempotent_call_is_always_resent():
     assert state.outbox[0].status == QUEUED
 
 
-def test_state_round_trips_through_the_changelog_codec():
-    state = ChatState(session=True)
-    feed(state, ev(ChatRenamed("VIP"), 1))
-    feed(state, ev(MessageSent("m1", "x"), 2))
-    feed(state, ev(MessageDeleted("m0"), 3))
-    state.failed = [7]
-    again = ChatState.from_bytes(state.to_bytes(), state.bodies())
-    assert again.to_bytes() == state.to_bytes()
-    assert again.outbox[0].element == state.outbox[0].element
-    assert again.deleted == ["m0"] and again.watermark == 0
-
-
-def test_a_calls_changing_fields_reach_the_changelog_after_it_was_encoded_once():
-    """Each call's encoding is reused while its status and counters stay the same, and
-    made again when one changes (a stale in-flight mark would break the send ledger)."""
-    state = ChatState(session=True)
-    feed(state, ev(MessageSent("m1", "x", files=()), 2))
-    call = state.outbox[0]
-    call.raw, call.raw_key, call.headers = b"\x01\xff", b"k", (("h", b"\x00v"),)
-    first = ChatState.from_bytes(state.to_bytes(), state.bodies()).outbox[0]
-    assert (first.status, first.attempts, first.raw, first.headers) == (
-        QUEUED,
-        0,
-        b"\x01\xff",
-        (("h", b"\x00v"),),
-    )
-    assert (
-        ChatState.from_bytes(state.to_bytes(), state.bodies()).outbox[0].status == QUEUED
-    )  # reused
-    call.status, call.attempts, call.first_failure_ms = IN_FLIGHT, 2, 123
-    call.held_since_ms, call.redrive_count = 45, 1
-    again = ChatState.from_bytes(state.to_bytes(), state.bodies()).outbox[0]
-    assert (
-        again.status,
-        again.attempts,
-        again.first_failure_ms,
-        again.held_since_ms,
-        again.redrive_count,
-    ) == (IN_FLIGHT, 2, 123, 45, 1)
-    assert (again.event_id, again.element, again.raw_key) == (call.event_id, call.element, b"k")
-
-
 def test_a_gap_is_given_up_only_after_the_partition_was_read_to_its_end():
     from consumer.core.ordering import Lane
 
@@ -251,7 +206,7 @@ def test_a_gap_is_given_up_only_after_the_partition_was_read_to_its_end():
     assert not lane.expire(state, 60_000, 30_000, caught_up_ms=500).gaps
     given_up = lane.expire(state, 60_000, 30_000, caught_up_ms=2_000)
     assert given_up.gaps == [(2, 2)] and [i for i, _ in given_up.ready] == [third]
-    assert state.watermark == 3 and state.gaps == [[2, 2]]
+    assert state.watermark == 3 and state.gaps == RangeSet([[2, 2]])
     # The missing event turns up after all: it is late, not a duplicate.
     second = ev(MessageSent("m2", "b"), 2)
     assert [a for _, a in lane.offer(state, second, 70_000).ready] == ["late"]
@@ -259,75 +214,5 @@ def test_a_gap_is_given_up_only_after_the_partition_was_read_to_its_end():
     assert [(o.outcome, o.error_class, o.code) for o in outcomes] == [
         ("dead_lettered", "late", "SEQUENCE_GAP_EXPIRED")
     ]
-    assert state.failed == [2]  # a redrive may apply it on purpose
+    assert state.failed == RangeSet([[2, 2]])  # a redrive may apply it on purpose
     assert [a for _, a in lane.offer(state, first, 71_000).ready] == ["duplicate"]
-
-
-def test_a_chats_record_refers_to_its_calls_and_stays_small_however_long_the_outbox():
-    """Bodies are records of their own: a change to a chat with 200 waiting calls writes
-    a record of about 20 bytes per call, not the calls' elements and original records."""
-    state = ChatState(session=True)
-    for seq in range(1, 201):
-        feed(state, ev(MessageSent(f"m{seq}", "a fairly long message text " * 4), seq))
-    for call in state.outbox:
-        call.raw = b"\x00" * 300
-    record = state.to_bytes()
-    assert len(record) < 25 * len(state.outbox) + 100
-    assert b"fairly long" not in record
-    assert len(state.bodies()) == 200 and all(b"fairly long" in b for b in state.bodies().values())
-
-
-def test_a_missing_body_is_named_and_an_old_inline_record_still_reads():
-    state = ChatState(session=True)
-    feed(state, ev(MessageSent("m1", "x"), 1))
-    call = state.outbox[0]
-    with pytest.raises(MissingCallBody, match=f"offset {call.offset}"):
-        ChatState.from_bytes(state.to_bytes(), {})
-    # Before bodies had records of their own, the whole call was inline (15 fields).
-    inline = [*orjson.loads(call.body()), IN_FLIGHT, 2, 5, 0, 1]
-    old = ChatState.from_bytes(orjson.dumps({"w": 1, "a": 0, "s": 1, "o": [inline]}))
-    assert (old.outbox[0].element, old.outbox[0].status, old.outbox[0].attempts) == (
-        call.element,
-        IN_FLIGHT,
-        2,
-    )
-
-
-@pytest.mark.parametrize("chat", ["p|c|1|42", "p|c|1|\x00\xff9", "p|c|1|чат 7", "p|c|1|a\x001"])
-def test_body_keys_never_read_as_a_chats_key_and_back(chat):
-    assert parse_body_key(chat.encode()) is None
-    assert parse_body_key(body_key(chat, 1234)) == (chat, 1234)
-    assert not is_block_key(chat.encode()) and not is_block_key(body_key(chat, 1234))
-    assert is_block_key(block_key("3f2a9c", 7)) and parse_body_key(block_key("3f2a9c", 7)) is None
-
-
-def test_calls_of_several_chats_restore_from_one_block_and_from_old_body_records():
-    """A commit writes the new calls of a partition's chats into one block record; a chat
-    restores from its block entries as from body records of their own (older changelogs)."""
-    first, second = ChatState(session=True), ChatState(session=True)
-    for seq in (1, 2):
-        feed(first, ev(MessageSent(f"a{seq}", "x"), seq))
-    feed(second, ev(MessageEdited("b1", "y"), 1))
-    second.outbox[0].origin = ("t", 0, 77)  # calls of one partition have distinct offsets
-    items = [("p|c|1|a", call) for call in first.outbox] + [("p|c|1|b", second.outbox[0])]
-    block = decode_block(encode_block(items))
-    assert [(chat, offset) for chat, offset, _ in block] == [
-        (chat, call.offset) for chat, call in items
-    ]
-    bodies = {chat: {} for chat, _, _ in block}
-    for chat, offset, body in block:
-        bodies[chat][offset] = body
-    for chat, state in (("p|c|1|a", first), ("p|c|1|b", second)):
-        restored = ChatState.from_bytes(state.to_bytes(), bodies[chat])
-        assert restored.to_bytes() == state.to_bytes()
-        assert [c.element for c in restored.outbox] == [c.element for c in state.outbox]
-        assert [c.raw for c in restored.outbox] == [c.raw for c in state.outbox]
-    mixed = {
-        first.outbox[0].offset: first.outbox[0].body(),
-        **{
-            offset: body
-            for offset, body in bodies["p|c|1|a"].items()
-            if offset != first.outbox[0].offset
-        },
-    }
-    assert ChatState.from_bytes(first.to_bytes(), mixed).to_bytes() == first.to_bytes()
