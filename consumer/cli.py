@@ -1,4 +1,4 @@
-"""The `imconnector-consumer` command line: run, simulate, demo, produce, tokens, dlq, ...
+"""The `imconnector-consumer` command line: run, simulate, demo, produce, tokens, dlq, events, ...
 
 Configuration errors exit with status 2 and one line naming the setting and the fix.
 """
@@ -240,6 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_commands(sub)  # connector register|activate|...
     register_schema_commands(sub)  # schemas list|check
+    from consumer.inbound.commands import register_event_commands
+
+    register_event_commands(sub)  # events bind|pull|serve
     return parser
 
 

@@ -1,4 +1,5 @@
-"""Wiring: settings -> metrics, token store, Bitrix24 client, dispatcher, engine, ops server."""
+"""Wiring: settings -> metrics, token store, Bitrix24 client, dispatcher, engine, ops server
+(and the inbound pull loop / push handler when the settings turn them on)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from consumer import __version__
 from consumer.bitrix.oauth import TokenStore
 from consumer.dispatch.dispatcher import Dispatcher
 from consumer.engine.engine import Engine
+from consumer.inbound.service import InboundInService
 from consumer.kafka.tokens import token_store_for
 from consumer.observability.health import OpsServer
 from consumer.observability.metrics import Metrics
@@ -54,9 +56,15 @@ def process_metrics() -> Metrics:
 def run_service(settings: Settings) -> int:
     """Run until SIGTERM/SIGINT; drain within the grace period; return the exit code."""
     metrics = process_metrics()
-    engine = build_engine(settings, metrics)
+    store = token_store_for(settings)  # one rotation chain for the engine and the pull loop
+    engine = build_engine(settings, metrics, token_store=store)
+    inbound = InboundInService(settings, metrics, store)
     ops = OpsServer(
-        metrics, lambda: engine.ready, host=settings.http_host, port=settings.http_port
+        metrics,
+        lambda: engine.ready,
+        host=settings.http_host,
+        port=settings.http_port,
+        post_routes=inbound.routes,
     ).start()
     logger.info("metrics and probes on :%d (/metrics, /healthz, /readyz)", ops.port)
     stopping = threading.Event()
@@ -74,4 +82,5 @@ def run_service(settings: Settings) -> int:
         engine.run()
     finally:
         ops.stop()
+        inbound.stop()
     return 0

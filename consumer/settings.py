@@ -150,6 +150,21 @@ class PortalSettings(BaseModel):
     operating_limit: float = Field(
         default=480.0, gt=0, description="per-method seconds per 10 min (time.operating)"
     )
+    member_id: str | None = Field(
+        default=None,
+        description="the portal's member_id (auth[member_id] of its events); default: "
+        "the portal's key",
+    )
+    application_token: SecretStr | None = Field(
+        default=None,
+        description="the installed app's application_token (OnAppInstall), checked "
+        "against auth[application_token] of pushed events",
+    )
+    application_token_file: str | None = Field(
+        default=None,
+        description="a file holding the application_token (e.g. a mounted Secret); read "
+        "again when it changes",
+    )
 
     @field_validator("rest_url")
     @classmethod
@@ -224,6 +239,45 @@ class HttpSettings(BaseModel):
     user_agent: str = "imconnector-consumer"
 
 
+class InboundSettings(BaseModel):
+    """Bitrix24's operator events into Kafka (`consumer.inbound`, docs/inbound-events.md)."""
+
+    topic: str = "imconnector.operator-events"
+    topic_partitions: int = Field(default=6, ge=1, description="when the topic is created")
+    wire: Literal["single-object", "confluent"] = "single-object"
+    pull_in_service: bool = Field(
+        default=False,
+        description="`run` also pulls the offline event queue (a thread with its own "
+        "Kafka producer)",
+    )
+    pull_interval_s: float = Field(default=2.0, gt=0, description="wait after an empty fetch")
+    pull_limit: int = Field(default=50, ge=1, le=1000, description="event.offline.get limit")
+    auth_connector: str | None = Field(
+        default=None,
+        description="event.bind/offline source key (auth_connector); Professional plan",
+    )
+    push_on_service_port: bool = Field(
+        default=False, description="serve the push handler on http_port as well"
+    )
+    push_path: str = "/bitrix24/events"
+    push_host: str = "0.0.0.0"
+    push_port: int = Field(default=9010, ge=0, le=65535, description="`events serve`")
+    max_body_bytes: int = Field(default=256 * 1024, ge=1024)
+    push_rate: float = Field(default=50.0, gt=0, description="requests/s over all portals")
+    push_burst: int = Field(default=200, ge=1)
+    replay_window: int = Field(
+        default=100_000, ge=1, description="event ids remembered to refuse replays"
+    )
+    produce_timeout_s: float = Field(default=10.0, gt=0)
+
+    @field_validator("push_path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        if not value.startswith("/") or "?" in value:
+            raise ValueError(f"push_path {value!r} must be an absolute path such as /events")
+        return value
+
+
 class Settings(BaseSettings):
     """Everything the service reads at start."""
 
@@ -279,6 +333,7 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = Field(default=20.0, gt=0)
     log_format: Literal["auto", "json", "text"] = "auto"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    inbound: InboundSettings = Field(default_factory=InboundSettings)
 
     @field_validator("source_topics", mode="before")
     @classmethod

@@ -2,6 +2,8 @@
 
 `imconnector-consumer demo` produces realistic chat traffic (both wire formats, a few
 duplicates, late events and poison records) and prints what flows where until stopped.
+The other direction runs too: simulated operators answer, their events reach Kafka, and
+the demo's upstream confirms each delivery (`consumer.demo.upstream`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from typing import Any
 from confluent_kafka import Producer
 
 from consumer import __version__
+from consumer.bitrix.oauth import MemoryTokenStore
 from consumer.codec import ChatEventEncoder, SchemaRegistryClient
+from consumer.demo.upstream import ANSWERS, DemoUpstream, bind_offline, delivered_on_portal
 from consumer.demo.workload import chat_script, interleave
 from consumer.engine.engine import Engine
 from consumer.observability.health import OpsServer
@@ -71,11 +75,21 @@ def run_demo(bootstrap: str, duration: float, chats: int, rate: float, http_port
                 }
             },
             "http_port": http_port,
+            "inbound": {"topic": f"demo.{run_id}.operator-events", "pull_interval_s": 0.5},
         }
     )
     metrics = process_metrics()
-    engine = build_engine(settings, metrics, memory_tokens=True, create_sources=True)
+    store = MemoryTokenStore()  # one rotation chain for the engine and the pull loop
+    engine = build_engine(settings, metrics, token_store=store, create_sources=True)
     ops = OpsServer(metrics, lambda: engine.ready, host="127.0.0.1", port=http_port).start()
+    from consumer.simulator.events import OperatorDesk
+
+    bind_offline(f"{sim.url}/rest/", tokens["access_token"])
+    rng_answers = random.Random(11)
+    operators = OperatorDesk(
+        lambda: sim.portal.operator_answer(None, rng_answers.choice(ANSWERS)), interval=0.5
+    )
+    upstream = DemoUpstream(settings, metrics, store, topic)
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -87,6 +101,7 @@ def run_demo(bootstrap: str, duration: float, chats: int, rate: float, http_port
     )
     print(f"  registry       {sim.url}/registry")
     print(f"  metrics        http://127.0.0.1:{ops.port}/metrics  (/healthz, /readyz)")
+    print(f"  operator side  offline events -> {settings.inbound.topic} -> DeliveryConfirmed")
     failure: list[BaseException] = []
 
     def run_engine() -> None:
@@ -109,20 +124,26 @@ def run_demo(bootstrap: str, duration: float, chats: int, rate: float, http_port
     while not (engine.started.wait(0.1) or failure or time.monotonic() > deadline):
         pass  # the engine joins the group, or fails (shown at the end)
     producer_thread.start()
+    upstream.start()
+    operators.start()
     started = time.monotonic()
     shown = 0
     try:
         while not stop.is_set():
             stop.wait(2.0)
             shown = _report(sim, metrics, produced, started, shown)
+            _report_operator_side(sim, upstream)
             if duration and time.monotonic() - started >= duration:
                 break
     finally:
         stop.set()
+        operators.stop()
         producer_thread.join(10)
         if not failure:
             _settle(engine, metrics, produced, 20.0)
         _report(sim, metrics, produced, started, shown, final=True)
+        _report_operator_side(sim, upstream, final=True)
+        upstream.stop()
         engine.stop()
         engine_thread.join(30)
         ops.stop()
@@ -234,3 +255,14 @@ def _report(
             f"{_sample(call.get('params'))}"
         )
     return len(calls)
+
+
+def _report_operator_side(sim: Any, upstream: DemoUpstream, final: bool = False) -> None:
+    """The other direction: operator answers -> Kafka -> DeliveryConfirmed -> the portal."""
+    print(
+        f"        operator events in Kafka {dict(upstream.received)}  DeliveryConfirmed "
+        f"sent {upstream.confirmed}  delivered on the portal {delivered_on_portal(sim)}"
+    )
+    shown = upstream.samples[-3:] if final else upstream.samples[-1:]
+    for line in shown:
+        print(f"        e.g. {line}")

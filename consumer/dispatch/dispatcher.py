@@ -63,6 +63,7 @@ class Batch:
     method: str
     calls: list[tuple[str, PendingCall]]
     routes: list[tuple[str, int, int]] = field(default_factory=list)  # (topic, partition, epoch)
+    reported: set[int] = field(default_factory=set)  # ids of calls whose result left early
 
 
 @dataclass(slots=True)
@@ -84,7 +85,8 @@ class CallResult:
 
 @dataclass(slots=True)
 class BatchDone:
-    """All results of one batch."""
+    """Results of one batch: all of them, or those that finished early (cancelled calls of
+    a revoked partition); each result names its call."""
 
     batch: Batch
     results: list[CallResult] = field(default_factory=list)
@@ -287,7 +289,7 @@ class Dispatcher:
             await self._client.aclose()
 
     def _finish(self, done: BatchDone) -> None:
-        self._metrics.calls_in_flight.dec(len(done.batch.calls))
+        self._metrics.calls_in_flight.dec(len(done.results))
         self._done.put(done)
         with self._lock:
             self._in_flight -= 1
@@ -364,18 +366,23 @@ class Dispatcher:
     async def _without(
         self, batch: Batch, calls: list[PendingCall], keys: list[str], revoked: set[int]
     ) -> list[CallResult]:
-        """The batch less its revoked calls (they come back `cancelled`, never sent)."""
-        live = [i for i in range(len(calls)) if i not in revoked]
-        sent = (
-            await self._attempt(batch, [calls[i] for i in live], [keys[i] for i in live])
-            if live
-            else []
+        """The batch less its revoked calls: they are reported `cancelled` at once (never
+        sent; their owner is waiting to hand them over), the others go on."""
+        self._report(
+            batch,
+            [CallResult(keys[i], calls[i], False, cancelled=True, attempts=0) for i in revoked],
         )
-        results = dict(zip(live, sent, strict=True))
-        return [
-            results.get(i) or CallResult(keys[i], calls[i], False, cancelled=True, attempts=0)
-            for i in range(len(calls))
-        ]
+        live = [i for i in range(len(calls)) if i not in revoked]
+        if not live:
+            return []
+        return await self._attempt(batch, [calls[i] for i in live], [keys[i] for i in live])
+
+    def _report(self, batch: Batch, results: list[CallResult]) -> None:
+        """Results of some of a batch's calls, before the rest of it finishes."""
+        self._metrics.calls_in_flight.dec(len(results))
+        batch.reported.update(id(result.call) for result in results)
+        self._done.put(BatchDone(batch, results))
+        self._wake.set()
 
     async def _run(self, batch: Batch) -> None:
         done = BatchDone(batch)
@@ -395,6 +402,7 @@ class Dispatcher:
                     message=f"{type(exc).__name__}: {exc}"[:300],
                 )
                 for k, c in batch.calls
+                if id(c) not in batch.reported
             ]
             if not isinstance(exc, asyncio.CancelledError):
                 for r in done.results:

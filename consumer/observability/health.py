@@ -2,19 +2,23 @@
 
 `/metrics` goes through prometheus_client's exposition: the Prometheus text format, or
 OpenMetrics when the scraper asks for it (`Accept`), as Prometheus does for exemplars and
-created timestamps.
+created timestamps. `post_routes` mounts request handlers on the same port (the inbound
+push endpoint).
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client.exposition import choose_encoder
 
 from consumer.observability.metrics import Metrics
+
+# A POST route: reads the request it is given, returns the status and a one-line answer.
+PostRoute = Callable[[BaseHTTPRequestHandler], tuple[int, str]]
 
 
 class OpsServer:
@@ -28,13 +32,25 @@ class OpsServer:
         host: str = "0.0.0.0",
         port: int = 9000,
         stale_after_s: float = 60.0,
+        post_routes: Mapping[str, PostRoute] | None = None,
     ) -> None:
         self.metrics = metrics
+        routes = dict(post_routes or {})
         self._ready = ready
         self._stale_after = stale_after_s
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = 30  # a client that stops sending mid-request frees its thread
+
+            def do_POST(self) -> None:
+                route = routes.get(self.path.split("?", 1)[0])
+                if route is None:
+                    self._send(404, b"not found", "text/plain")
+                    return
+                status, text = route(self)
+                self._send(status, text.encode() + b"\n", "text/plain; charset=utf-8")
+
             def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
                 if path == "/metrics":

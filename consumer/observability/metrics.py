@@ -242,6 +242,36 @@ class Metrics:
             registry=r,
         )
         self.ready = Gauge(f"{p}_ready", "1 when assigned partitions are restored.", registry=r)
+        # consumer.inbound: Bitrix24's operator events into Kafka. `portal` is a configured
+        # portal key or "unknown" (never a value taken from a request), `mode` push or pull.
+        self.inbound_received = Counter(
+            f"{p}_inbound_events_received_total",
+            "Operator events received from Bitrix24 (one per chat element), by mode, kind "
+            "and portal.",
+            ["mode", "kind", "portal"],
+            registry=r,
+        )
+        self.inbound_produced = Counter(
+            f"{p}_inbound_events_produced_total",
+            "Operator events Kafka acknowledged (push) or committed (pull).",
+            ["mode", "kind", "portal"],
+            registry=r,
+        )
+        self.inbound_refused = Counter(
+            f"{p}_inbound_events_refused_total",
+            "Pushed requests or offline records refused, by reason: bad_token, "
+            "unknown_portal, malformed, too_large, replayed, rate_limited, "
+            "kafka_unavailable, not_connector_event.",
+            ["mode", "kind", "portal", "reason"],
+            registry=r,
+        )
+        self.inbound_pull_lag = Gauge(
+            f"{p}_inbound_pull_lag_seconds",
+            "Age of the oldest offline event not yet cleared from the portal's queue (0 "
+            "when the queue was last seen empty).",
+            ["portal"],
+            registry=r,
+        )
         self.kafka = LibrdkafkaStats(statistics_interval_s)
         r.register(self.kafka)
         ProcessCollector(registry=r)

@@ -38,6 +38,7 @@ from consumer.simulator.errors import (
     RestError,
     argument_error,
 )
+from consumer.simulator.events import EventHub, Paged, message_add_data, waiting_chats
 from consumer.simulator.faults import FaultKind, FaultPlan, FaultSettings
 from consumer.simulator.limits import LeakyBucket, OperatingBudget, OperatingReading
 from consumer.simulator.oauth import OAuthError, OAuthIdentity, TokenStore
@@ -135,6 +136,8 @@ class Portal:
         self.calls = CallLog(config.call_log_limit)
         for connector, line in config.preset_lines:
             self.openlines.preset_line(connector, line, chat_group=config.chat_group)
+        # event.* methods and the events an operator's answer raises (simulator/events.py).
+        self.events = EventHub(self.clock, self._event_auth)
 
     @property
     def client_endpoint(self) -> str:
@@ -252,6 +255,11 @@ class Portal:
         timing = self._timing(now, now + run.took, run.reading)
         if run.error is not None:
             return self._error_reply(method, run.error, timing), False
+        if isinstance(run.result, Paged):  # list methods put `total`/`next` beside `result`
+            paged = {"result": run.result.items, "total": run.result.total}
+            if run.result.next is not None:
+                paged["next"] = run.result.next
+            return RestReply(200, {**paged, "time": timing}), True
         return RestReply(200, {"result": run.result, "time": timing}), True
 
     def _execute_batch(
@@ -306,7 +314,8 @@ class Portal:
 
     @staticmethod
     def _webhook_refusal(method: str) -> RestError:
-        if method.startswith("imconnector."):
+        # event.* checks the auth type first too (rest/lib/api/event.php: AuthTypeException).
+        if method.startswith(("imconnector.", "event.")):
             return RestError(WRONG_AUTH_TYPE, "Application context required", 403)
         return RestError(ERROR_METHOD_NOT_FOUND, "Method not found!", 404)
 
@@ -321,7 +330,7 @@ class Portal:
 
     def _handler(self, method: str, now: float, *, in_batch: bool = False) -> Handler:
         """The method's handler, if it exists, may run here and has operating budget left."""
-        handler = self.openlines.methods.get(method)
+        handler = self.openlines.methods.get(method) or self.events.methods.get(method)
         if handler is None:
             raise RestError(ERROR_METHOD_NOT_FOUND, "Method not found!", 404)
         if in_batch and method.startswith("imconnector.") and not self.batch_imconnector:
@@ -454,6 +463,28 @@ class Portal:
         with self.lock:
             return self.openlines.post_operator_message(chat_id, text)
 
+    def operator_answer(
+        self, chat_id: int | None, text: str, author_id: int = 1
+    ) -> dict[str, Any] | None:
+        """An operator answers in chat `chat_id` (None: one whose customer waits, if any):
+        the message waits for send.status.delivery and OnImConnectorMessageAdd is raised."""
+        with self.lock:
+            if chat_id is None:
+                waiting = waiting_chats(iter(self.openlines.chats.values()))
+                if not waiting:
+                    return None
+                chat_id = waiting[0].chat_id
+            posted = self.openlines.post_operator_message(chat_id, text, author_id)
+            data = message_add_data(posted, text, author_id)
+            self.events.raise_event("ONIMCONNECTORMESSAGEADD", data, author_id)
+            return posted
+
+    def _event_auth(self, user_id: int) -> dict[str, Any]:
+        """An event's `auth` block: a pair minted for the user who caused it (events/index.md
+        "Parameter auth"); called with the lock held."""
+        issued = self.tokens.issue(self.clock(), self.client_endpoint)
+        return {**issued, "user_id": user_id}
+
     def call_records(self, since: int = 0, method: str | None = None) -> list[CallRecord]:
         with self.lock:
             return self.calls.records(since, method)
@@ -464,9 +495,12 @@ class Portal:
             return self.openlines.snapshot()
 
     def reset(self) -> None:
-        """Forget calls, chats and limit counters; keep tokens, connectors, lines and settings."""
+        """Forget calls, chats and limit counters; keep tokens, connectors, lines and settings
+        (event bindings too: the offline queue and the pushes made are forgotten)."""
         with self.lock:
             self.calls.clear()
             self.openlines.clear_chats()
+            self.events.offline.clear()
+            self.events.deliveries.clear()
             self.bucket.reset()
             self.budget.reset()

@@ -70,6 +70,8 @@ class SchemaRegistry:
         self.compatibility = compatibility
         self._basic: tuple[str, str] | None = None
         self._bearer: str | None = None
+        # An outage: every request answers this status (500, 503 ...) while it is set.
+        self.outage_status: int | None = None
 
     def require_auth(
         self, *, basic: tuple[str, str] | None = None, bearer: str | None = None
@@ -240,6 +242,8 @@ class SchemaRegistry:
         self, http_method: str, path: str, body: bytes, authorization: str = ""
     ) -> tuple[int, Any]:
         """Answer one request under `/registry`; returns (status, JSON-ready payload)."""
+        if self.outage_status is not None:
+            return self.outage_status, {"error_code": 50003, "message": "Service Unavailable"}
         if not self._authorized(authorization):
             # A secured registry answers 401 to missing or wrong credentials, 403 to a
             # known user without the permission (IBM Event Streams serdes docs,

@@ -244,6 +244,19 @@ class _Handler(BaseHTTPRequestHandler):
             elif route == "operator-message" and verb == "POST":
                 chat_id = int(request.get("chat_id", 0))
                 self._send_json(200, portal.post_operator_message(chat_id, str(request["text"])))
+            elif route == "operator-answer" and verb == "POST":
+                # Like operator-message, and raises OnImConnectorMessageAdd (events.py).
+                chat = request.get("chat_id")
+                answered = portal.operator_answer(
+                    None if chat is None else int(chat),
+                    str(request["text"]),
+                    int(request.get("author_id", 1)),
+                )
+                self._send_json(200 if answered else 404, answered or {"error": "NO_WAITING_CHAT"})
+            elif route == "events" and verb == "GET":
+                with portal.lock:
+                    snapshot = portal.events.snapshot()
+                self._send_json(200, snapshot)
             else:
                 self._send_json(404, {"error": "NOT_FOUND", "error_description": route})
         except (ValueError, KeyError, TypeError) as exc:
@@ -309,6 +322,7 @@ class SimulatorServer:
             return
         self._stopped = True
         self._httpd.stopping.set()
+        self.portal.events.close()
         if self._serving:  # shutdown() would wait forever for a loop that never ran
             self._httpd.shutdown()
         self._httpd.drop_connections()

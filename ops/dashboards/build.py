@@ -579,6 +579,49 @@ def rows() -> list[Row]:
                 ),
             ],
         ),
+        Row(
+            "Operator events (Bitrix24 -> Kafka)",
+            [
+                timeseries(
+                    "Operator events /s",
+                    "Events received from Bitrix24 and stored in Kafka, by mode (pull, push) "
+                    "and kind (MessageAdd, ...).",
+                    Target(
+                        "sum by (mode, kind) "
+                        f"(rate(imconnector_inbound_events_received_total{{{SEL}}}[{RATE}]))",
+                        "received {{mode}} {{kind}}",
+                    ),
+                    Target(
+                        "sum by (mode, kind) "
+                        f"(rate(imconnector_inbound_events_produced_total{{{SEL}}}[{RATE}]))",
+                        "stored {{mode}} {{kind}}",
+                    ),
+                    unit="ops",
+                ),
+                timeseries(
+                    "Refused /s",
+                    "Pushed requests and offline records refused, by reason (bad_token, "
+                    "kafka_unavailable: a pushed event lost, ...).",
+                    Target(
+                        "sum by (mode, reason) "
+                        f"(rate(imconnector_inbound_events_refused_total{{{SEL}}}[{RATE}]))",
+                        "{{mode}} {{reason}}",
+                    ),
+                    unit="ops",
+                ),
+                timeseries(
+                    "Pull lag by portal",
+                    "Age of the oldest offline event not yet moved to Kafka (alert: over 5 "
+                    "minutes for 10 minutes).",
+                    Target(
+                        f"max by (portal) (imconnector_inbound_pull_lag_seconds{{{SEL}}})",
+                        "{{portal}}",
+                    ),
+                    unit="s",
+                    thresholds=[(None, "green"), (300, "red")],
+                ),
+            ],
+        ),
     ]
 
 

@@ -9,6 +9,7 @@ scripts/bootstrap runs it) and helm (tests/integration/chart.py).
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 import shutil
 import subprocess
@@ -46,6 +47,8 @@ EXPECTED_ALERTS = {
     "ImconnectorConsumerTokenRefreshFailing",
     "ImconnectorConsumerTransactionsAborting",
     "ImconnectorConsumerGroupLagHigh",
+    "ImconnectorConsumerInboundPullLagGrowing",
+    "ImconnectorConsumerInboundPushEventsLost",
 }
 # Alerts whose expression ends with "<comparison> <number>": the chart's customRules can
 # tune that number.
@@ -314,19 +317,14 @@ def test_chart_rules_pass_the_ops_unit_tests(
         f"keda.enabled={str(source == 'keda').lower()}",
         f"metrics.prometheusRule.externalLag.source={source}",
     )
-    names = [g["name"] for g in groups]
-    assert (
-        names
-        == {
-            "none": ["imconnector-consumer"],
-            "keda": ["imconnector-consumer", "imconnector-consumer-external-lag-keda"],
-            "kafka-exporter": [
-                "imconnector-consumer",
-                "imconnector-consumer-external-lag-kafka-exporter",
-            ],
-        }[source]
-    )
-    tests = ops_tests("imconnector-consumer.test.yaml")
+    service = ["imconnector-consumer", "imconnector-consumer-inbound"]
+    external = {
+        "none": [],
+        "keda": ["imconnector-consumer-external-lag-keda"],
+        "kafka-exporter": ["imconnector-consumer-external-lag-kafka-exporter"],
+    }
+    assert [g["name"] for g in groups] == service + external[source]
+    tests = ops_tests("imconnector-consumer.test.yaml") + ops_tests("imconnector-inbound.test.yaml")
     metric = {"keda": "keda_scaler_metrics_value", "kafka-exporter": "kafka_consumergroup_lag"}
     tests += [
         test
@@ -529,3 +527,11 @@ def test_impossible_rule_values_fail_the_render(
     result = run_helm(helm, *args)
     assert result.returncode != 0
     assert message in result.stderr
+
+
+def test_chart_schema_knows_every_alert_by_name() -> None:
+    """customRules and disabled refuse a misspelt alert; a new alert must be added there."""
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    rule = schema["properties"]["metrics"]["properties"]["prometheusRule"]["properties"]
+    for key in ("disabled", "customRules"):
+        assert set(rule[key]["propertyNames"]["enum"]) == EXPECTED_ALERTS, key

@@ -42,6 +42,11 @@ app.kubernetes.io/name: {{ include "imconnector-consumer.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
+{{/* The label that tells the metrics Service from the release's other Services. */}}
+{{- define "imconnector-consumer.metricsServiceLabel" -}}
+imconnector-consumer/endpoint: metrics
+{{- end }}
+
 {{/* metadata.annotations body shared by every resource (empty when none). */}}
 {{- define "imconnector-consumer.annotations" -}}
 {{- with .Values.commonAnnotations }}
@@ -306,7 +311,14 @@ Both the ConfigMap and its checksum annotation are built from this.
 {{- if hasKey $p "rateShare" }}
 {{- $_ := set $env (include "imconnector-consumer.portalEnv" (list $portal "RATE_SHARE")) $p.rateShare }}
 {{- end }}
+{{- with $p.memberId }}
+{{- $_ := set $env (include "imconnector-consumer.portalEnv" (list $portal "MEMBER_ID")) . }}
 {{- end }}
+{{- with $p.applicationTokenFile }}
+{{- $_ := set $env (include "imconnector-consumer.portalEnv" (list $portal "APPLICATION_TOKEN_FILE")) . }}
+{{- end }}
+{{- end }}
+{{- include "imconnector-consumer.inboundEnv" (list $env $v) }}
 {{- range $name, $value := $v.config }}
 {{- if regexMatch "(?i)(PASSWORD|SECRET|TOKEN)" $name }}
 {{- fail (printf "config.%s looks like a secret; put it in secretEnv (or existingSecret) so it never lands in the ConfigMap" $name) }}
@@ -332,7 +344,7 @@ Refuses inline secrets when existingSecret is set, so nobody believes they were 
 {{- $_ := set $env "IMCONNECTOR_KAFKA__SASL_PASSWORD" . }}
 {{- end }}
 {{- range $portal, $p := $v.portals }}
-{{- range $field, $envField := dict "clientSecret" "CLIENT_SECRET" "accessToken" "ACCESS_TOKEN" "refreshToken" "REFRESH_TOKEN" }}
+{{- range $field, $envField := dict "clientSecret" "CLIENT_SECRET" "accessToken" "ACCESS_TOKEN" "refreshToken" "REFRESH_TOKEN" "applicationToken" "APPLICATION_TOKEN" }}
 {{- with index $p $field }}
 {{- $_ := set $env (include "imconnector-consumer.portalEnv" (list $portal $envField)) . }}
 {{- end }}

@@ -174,6 +174,7 @@ def test_rows_cover_the_service(dashboard: dict[str, Any]) -> None:
         "Transactions",
         "Restore and state size",
         "Runtime",
+        "Operator events (Bitrix24 -> Kafka)",
     ]
 
 
