@@ -280,3 +280,20 @@ def test_scrape_timeout_never_exceeds_the_interval(
         assert (endpoint["interval"], endpoint["scrapeTimeout"]) == (interval, timeout)
     else:
         assert f"scrapeTimeout {timeout} is longer than interval {interval}" in result.stderr
+
+
+def test_servicemonitor_scrapes_each_pod_once_with_push_inbound(helm: str) -> None:
+    """In push mode a second Service fronts the same http port: the ServiceMonitor must
+    select the metrics Service only, or every series would be scraped twice."""
+    result = try_template(
+        helm,
+        VALUE_SETS["defaults"],
+        sets=("metrics.serviceMonitor.enabled=true", "inbound.mode=push"),
+    )
+    assert result.returncode == 0, result.stderr
+    docs = [d for d in yaml.safe_load_all(result.stdout) if d]
+    services = by_kind(docs, "Service")
+    assert len(services) == 2
+    selector = one(docs, "ServiceMonitor")["spec"]["selector"]["matchLabels"]
+    selected = [s for s in services if selector.items() <= s["metadata"]["labels"].items()]
+    assert [s["metadata"]["name"] for s in selected] == [FULLNAME]
