@@ -8,6 +8,7 @@ cd "$(dirname "$0")/../.."
 files_dir=helm/imconnector-consumer/files
 pairs=(
   "ops/alerts/imconnector-consumer.rules.yaml:$files_dir/imconnector-consumer.rules.yaml"
+  "ops/alerts/imconnector-consumer-external-lag.rules.yaml:$files_dir/imconnector-consumer-external-lag.rules.yaml"
   "ops/dashboards/imconnector-consumer.json:$files_dir/imconnector-consumer.json"
 )
 if [ "${1:-}" != "--check" ]; then

@@ -14,7 +14,6 @@ import base64
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -24,23 +23,30 @@ import kubernetes_validate
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
-CHART = REPO / "helm" / "imconnector-consumer"
-CI_VALUES = CHART / "ci"
-RELEASE = "rel"
-NAMESPACE = "chat"
-FULLNAME = f"{RELEASE}-imconnector-consumer"
-HELM_INSTALLER = "ops/tools/install-helm.sh"
+from tests.integration.chart import (
+    CHART,
+    CI_VALUES,
+    CRD_KINDS,
+    FULLNAME,
+    K8S_VERSIONS,
+    NAMESPACE,
+    RELEASE,
+    REPO,
+    VALUE_SETS,
+    WORKLOAD_KINDS,
+    by_kind,
+    container,
+    one,
+    render,
+    run_helm,
+    secret_data,
+    servers_string,
+    try_template,
+    values_of,
+    workload,
+)
 
-VALUE_SETS = {
-    "defaults": "default-values.yaml",
-    "all-toggles": "all-toggles-values.yaml",
-    "existing-secret": "existing-secret-values.yaml",
-    "keda": "keda-values.yaml",
-}
-CRD_KINDS = {"ServiceMonitor", "PrometheusRule", "ScaledObject", "TriggerAuthentication"}
-# The chart's kubeVersion floor and the newest schemas kubernetes-validate ships.
-K8S_VERSIONS = ("1.25", kubernetes_validate.utils.latest_version())
+CHART_VERSION = yaml.safe_load((CHART / "Chart.yaml").read_text())["version"]
 SECRET_SENTINELS = (
     "consumer-sasl-user-sentinel",
     "sasl-password-sentinel-7f3a",
@@ -51,98 +57,6 @@ SECRET_SENTINELS = (
     "extra-secret-sentinel-c0ffee",
     "MIIBszCCAVmgAwIBAgIUcaSentinelCertificateBody",
 )
-
-
-@pytest.fixture(scope="session")
-def helm() -> str:
-    """Path of the helm binary; fails (never skips) with the fix when it is missing."""
-    local = REPO / "ops" / ".tools" / "bin" / "helm"
-    if local.is_file() and os.access(local, os.X_OK):
-        return str(local)
-    on_path = shutil.which("helm")
-    if on_path:
-        return on_path
-    pytest.fail(
-        f"helm not found in ops/.tools/bin or on PATH: run {HELM_INSTALLER} "
-        "(scripts/bootstrap does it)",
-        pytrace=False,
-    )
-
-
-def run_helm(helm: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [helm, *args], capture_output=True, text=True, timeout=120, cwd=REPO, check=False
-    )
-
-
-def template(helm: str, *values_files: str, sets: tuple[str, ...] = ()) -> str:
-    """`helm template` output; raises AssertionError with helm's message on failure."""
-    result = try_template(helm, *values_files, sets=sets)
-    assert result.returncode == 0, result.stderr
-    return result.stdout
-
-
-def try_template(
-    helm: str, *values_files: str, sets: tuple[str, ...] = ()
-) -> subprocess.CompletedProcess[str]:
-    args = ["template", RELEASE, str(CHART), "--namespace", NAMESPACE]
-    for name in values_files:
-        args += ["-f", str(CI_VALUES / name)]
-    for item in sets:
-        args += ["--set", item]
-    return run_helm(helm, *args)
-
-
-def documents(rendered: str) -> list[dict[str, Any]]:
-    return [doc for doc in yaml.safe_load_all(rendered) if doc]
-
-
-_cache: dict[tuple[str, tuple[str, ...]], list[dict[str, Any]]] = {}
-
-
-def render(helm: str, value_set: str, sets: tuple[str, ...] = ()) -> list[dict[str, Any]]:
-    """Rendered manifests of one named value set (cached: helm is not free)."""
-    key = (value_set, sets)
-    if key not in _cache:
-        _cache[key] = documents(template(helm, VALUE_SETS[value_set], sets=sets))
-    return _cache[key]
-
-
-def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
-    return [doc for doc in docs if doc["kind"] == kind]
-
-
-def one(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
-    found = [d for d in by_kind(docs, kind) if name is None or d["metadata"]["name"] == name]
-    assert len(found) == 1, f"expected one {kind} {name or ''}, got {len(found)}"
-    return found[0]
-
-
-def values_of(value_set: str) -> dict[str, Any]:
-    """The chart's values.yaml merged with a ci/ values file (enough for these tests)."""
-
-    def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-        out = dict(base)
-        for key, value in over.items():
-            if isinstance(value, dict) and isinstance(out.get(key), dict):
-                out[key] = merge(out[key], value)
-            else:
-                out[key] = value
-        return out
-
-    defaults = yaml.safe_load((CHART / "values.yaml").read_text())
-    return merge(defaults, yaml.safe_load((CI_VALUES / VALUE_SETS[value_set]).read_text()))
-
-
-def container(deployment: dict[str, Any]) -> dict[str, Any]:
-    containers = deployment["spec"]["template"]["spec"]["containers"]
-    assert len(containers) == 1
-    return containers[0]
-
-
-def secret_data(docs: list[dict[str, Any]], name: str) -> dict[str, str]:
-    secret = one(docs, "Secret", name)
-    return {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
 
 
 ALL_SETS = pytest.mark.parametrize("value_set", list(VALUE_SETS))
@@ -223,7 +137,9 @@ def test_every_manifest_is_valid_kubernetes(helm: str, value_set: str) -> None:
         for version in K8S_VERSIONS:
             kubernetes_validate.validate(doc, version, strict=True)
         checked += 1
-    assert {"Deployment", "ConfigMap", "Service", "ServiceAccount"} <= {d["kind"] for d in docs}
+    kinds = {d["kind"] for d in docs}
+    assert {"ConfigMap", "Service", "ServiceAccount"} <= kinds
+    assert len(kinds & WORKLOAD_KINDS) == 1
     assert checked >= 5
 
 
@@ -267,7 +183,7 @@ def test_standard_labels_everywhere_and_no_hardcoded_namespace(helm: str, value_
         assert labels["app.kubernetes.io/name"] == "imconnector-consumer"
         assert labels["app.kubernetes.io/instance"] == RELEASE
         assert labels["app.kubernetes.io/managed-by"] == "Helm"
-        assert labels["helm.sh/chart"] == "imconnector-consumer-0.1.0"
+        assert labels["helm.sh/chart"] == f"imconnector-consumer-{CHART_VERSION}"
         assert labels["app.kubernetes.io/version"] == "0.1.0"
         if doc["kind"] not in {"ServiceMonitor", "PrometheusRule", "ConfigMap"}:
             assert "namespace" not in doc["metadata"], doc["kind"]
@@ -278,7 +194,7 @@ def test_standard_labels_everywhere_and_no_hardcoded_namespace(helm: str, value_
 
 @ALL_SETS
 def test_pod_runs_hardened(helm: str, value_set: str) -> None:
-    pod = one(render(helm, value_set), "Deployment")["spec"]["template"]["spec"]
+    pod = workload(render(helm, value_set))["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["runAsUser"] == 10001
     assert pod["securityContext"]["runAsGroup"] == 10001
@@ -302,7 +218,7 @@ def test_pod_runs_hardened(helm: str, value_set: str) -> None:
 
 @ALL_SETS
 def test_probes_and_port(helm: str, value_set: str) -> None:
-    c = container(one(render(helm, value_set), "Deployment"))
+    c = container(workload(render(helm, value_set)))
     assert c["ports"] == [{"name": "http", "containerPort": 9000, "protocol": "TCP"}]
     assert c["args"] == ["run"]
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
@@ -322,7 +238,7 @@ def test_custom_probe_replaces_the_generated_one(helm: str) -> None:
         "defaults",
         sets=("customLivenessProbe.tcpSocket.port=http", "startupProbe.enabled=false"),
     )
-    c = container(one(docs, "Deployment"))
+    c = container(workload(docs))
     assert c["livenessProbe"] == {"tcpSocket": {"port": "http"}}
     assert "startupProbe" not in c
 
@@ -330,7 +246,7 @@ def test_custom_probe_replaces_the_generated_one(helm: str) -> None:
 @ALL_SETS
 def test_selectors_match_pod_labels(helm: str, value_set: str) -> None:
     docs = render(helm, value_set)
-    deployment = one(docs, "Deployment")
+    deployment = workload(docs)
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
     selector = deployment["spec"]["selector"]["matchLabels"]
     # Selectors are immutable: only name and instance, never the chart version.
@@ -361,7 +277,7 @@ def test_termination_grace_is_drain_grace_plus_margin(helm: str, value_set: str)
     docs = render(helm, value_set)
     grace = values["shutdown"]["graceSeconds"]
     expected = grace + values["shutdown"]["marginSeconds"]
-    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    pod = workload(docs)["spec"]["template"]["spec"]
     assert pod["terminationGracePeriodSeconds"] == expected
     config = one(docs, "ConfigMap", FULLNAME)["data"]
     assert config["IMCONNECTOR_SHUTDOWN_GRACE_S"] == str(grace)
@@ -369,16 +285,14 @@ def test_termination_grace_is_drain_grace_plus_margin(helm: str, value_set: str)
 
 def test_termination_grace_follows_the_values(helm: str) -> None:
     docs = render(helm, "defaults", sets=("shutdown.graceSeconds=90", "shutdown.marginSeconds=5"))
-    assert (
-        one(docs, "Deployment")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 95
-    )
+    assert workload(docs)["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 95
 
 
 @ALL_SETS
 def test_env_comes_from_configmap_and_secret(helm: str, value_set: str) -> None:
     values = values_of(value_set)
     docs = render(helm, value_set)
-    c = container(one(docs, "Deployment"))
+    c = container(workload(docs))
     assert c["envFrom"] == [
         {"configMapRef": {"name": FULLNAME}},
         {"secretRef": {"name": values["existingSecret"] or FULLNAME}},
@@ -396,7 +310,7 @@ def test_env_comes_from_configmap_and_secret(helm: str, value_set: str) -> None:
 @ALL_SETS
 def test_replicas_only_without_keda(helm: str, value_set: str) -> None:
     values = values_of(value_set)
-    spec = one(render(helm, value_set), "Deployment")["spec"]
+    spec = workload(render(helm, value_set))["spec"]
     if values["keda"]["enabled"]:
         assert "replicas" not in spec
     else:
@@ -405,18 +319,16 @@ def test_replicas_only_without_keda(helm: str, value_set: str) -> None:
 
 @ALL_SETS
 def test_checksum_annotations_present(helm: str, value_set: str) -> None:
-    annotations = one(render(helm, value_set), "Deployment")["spec"]["template"]["metadata"][
-        "annotations"
-    ]
+    annotations = workload(render(helm, value_set))["spec"]["template"]["metadata"]["annotations"]
     for key in ("checksum/config", "checksum/secret"):
         assert re.fullmatch(r"[0-9a-f]{64}", annotations[key]), key
 
 
 def test_checksums_change_with_what_they_cover(helm: str) -> None:
     def checksums(*sets: str) -> tuple[str, str]:
-        annotations = one(render(helm, "defaults", sets=sets), "Deployment")["spec"]["template"][
-            "metadata"
-        ]["annotations"]
+        annotations = workload(render(helm, "defaults", sets=sets))["spec"]["template"]["metadata"][
+            "annotations"
+        ]
         return annotations["checksum/config"], annotations["checksum/secret"]
 
     base_config, base_secret = checksums()
@@ -435,7 +347,7 @@ def test_kafka_ca_mounted_where_the_config_points(helm: str) -> None:
     ):
         docs = render(helm, value_set)
         location = one(docs, "ConfigMap", FULLNAME)["data"]["IMCONNECTOR_KAFKA__SSL_CA_LOCATION"]
-        pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+        pod = workload(docs)["spec"]["template"]["spec"]
         volume = next(v for v in pod["volumes"] if v["name"] == "kafka-ca")
         assert volume["secret"]["secretName"] == secret_name
         assert volume["secret"]["items"] == [{"key": key, "path": Path(location).name}]
@@ -480,7 +392,7 @@ def test_secrets_never_reach_a_configmap(helm: str) -> None:
     assert secrets[portal + "REFRESH_TOKEN"] == "refresh-token-sentinel-66bb"
     assert secrets["IMCONNECTOR_KAFKA__SASL_PASSWORD"] == "sasl-password-sentinel-7f3a"
     # Nothing else about secrets leaks through the rendered Deployment either.
-    deployment = yaml.safe_dump(one(docs, "Deployment"))
+    deployment = yaml.safe_dump(workload(docs))
     assert not any(sentinel in deployment for sentinel in SECRET_SENTINELS)
 
 
@@ -566,6 +478,7 @@ def test_rendered_settings_load_in_the_service(helm: str) -> None:
         ("keda", ("keda.maxReplicaCount=4",), 4),
         ("keda", ("keda.maxReplicaCount=0",), 6),  # 0 = the partition count
         ("all-toggles", (), 24),
+        ("statefulset", (), 6),
     ],
 )
 def test_scaledobject_caps_replicas_at_partitions(
@@ -580,8 +493,8 @@ def test_scaledobject_caps_replicas_at_partitions(
     assert spec["minReplicaCount"] == values["keda"]["minReplicaCount"] >= 1
     assert spec["scaleTargetRef"] == {
         "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "name": one(docs, "Deployment")["metadata"]["name"],
+        "kind": values["workload"]["kind"],
+        "name": workload(docs)["metadata"]["name"],
     }
     behavior = spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
     assert behavior["scaleDown"]["stabilizationWindowSeconds"] == 300
@@ -589,7 +502,7 @@ def test_scaledobject_caps_replicas_at_partitions(
     for trigger in spec["triggers"]:
         meta = trigger["metadata"]
         assert trigger["type"] == "kafka"
-        assert meta["bootstrapServers"] == values["kafka"]["bootstrapServers"]
+        assert meta["bootstrapServers"] == servers_string(values)
         assert meta["consumerGroup"] == values["kafka"]["groupId"]
         assert meta["offsetResetPolicy"] == values["kafka"]["autoOffsetReset"]
         assert meta["lagThreshold"] == str(values["keda"]["lagThreshold"])
@@ -632,17 +545,30 @@ def test_servicemonitor_scrapes_the_metrics_port(helm: str) -> None:
     assert endpoint["interval"] == "30s"
 
 
-def test_prometheusrule_is_the_ops_rules_file(helm: str) -> None:
+def test_prometheusrule_is_the_ops_rules_files(helm: str) -> None:
+    """The ops/alerts rules, with the release's namespace in each expression and label, the
+    runbook links made browsable, and the external lag group of the source KEDA gives."""
     docs = render(helm, "all-toggles")
     rule = one(docs, "PrometheusRule")
     assert rule["apiVersion"] == "monitoring.coreos.com/v1"
     assert rule["metadata"]["namespace"] == NAMESPACE
-    source = yaml.safe_load((REPO / "ops/alerts/imconnector-consumer.rules.yaml").read_text())
+    expected = []
     base = "https://git.example.com/imconnector-consumer/blob/main/ops/runbooks/"
-    for group in source["groups"]:
-        for r in group["rules"]:
-            r["annotations"]["runbook_url"] = base + Path(r["annotations"]["runbook_url"]).name
-    assert rule["spec"]["groups"] == source["groups"]
+    for name in ("imconnector-consumer.rules.yaml", "imconnector-consumer-external-lag.rules.yaml"):
+        for group in yaml.safe_load((REPO / "ops/alerts" / name).read_text())["groups"]:
+            if group["name"].endswith("-kafka-exporter"):
+                continue  # keda.enabled: KEDA is the lag source
+            for r in group["rules"]:
+                r["annotations"]["runbook_url"] = base + Path(r["annotations"]["runbook_url"]).name
+                r["labels"]["namespace"] = NAMESPACE
+                r["expr"] = (
+                    r["expr"]
+                    .replace('namespace=~".*"', f'namespace="{NAMESPACE}"')
+                    .replace('exported_namespace=~".*"', f'exported_namespace="{NAMESPACE}"')
+                    .replace('scaledObject="imconnector-consumer"', f'scaledObject="{FULLNAME}"')
+                )
+            expected.append(group)
+    assert rule["spec"]["groups"] == expected
 
 
 def test_prometheusrule_follows_the_job_name(helm: str) -> None:
@@ -692,6 +618,7 @@ def test_networkpolicy_opens_only_what_is_needed(helm: str) -> None:
         [(53, "TCP"), (53, "UDP")],
         [(9092, "TCP"), (9093, "TCP"), (9094, "TCP")],
         [(443, "TCP")],
+        [(443, "TCP")],  # the Schema Registry, https://schema-registry.example.com
     ]
     assert policy["egress"][1]["to"] == [{"ipBlock": {"cidr": "10.20.0.0/16"}}]
 
@@ -707,11 +634,11 @@ def test_pdb_limits_disruption_to_one_pod(helm: str) -> None:
 
 
 def test_image_reference(helm: str) -> None:
-    c = container(one(render(helm, "all-toggles"), "Deployment"))
+    c = container(workload(render(helm, "all-toggles")))
     assert c["image"] == "registry.example.com/imconnector-consumer:0.1.0"
     digest = "sha256:" + "ab" * 32
     docs = render(helm, "defaults", sets=(f"image.digest={digest}",))
-    assert container(one(docs, "Deployment"))["image"] == f"imconnector-consumer@{digest}"
+    assert container(workload(docs))["image"] == f"imconnector-consumer@{digest}"
 
 
 # --- the image the chart runs ----------------------------------------------------------

@@ -8,9 +8,8 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
-from test_helm import K8S_VERSIONS, by_kind, documents, helm, one, template, try_template
 
-__all__ = ["helm"]  # the fixture, re-exported for this module's tests
+from tests.integration.chart import K8S_VERSIONS, by_kind, documents, one, template, try_template
 
 TOKEN = "application-token-sentinel-3e1f"
 PORTAL_SETS = (

@@ -42,6 +42,11 @@ app.kubernetes.io/name: {{ include "imconnector-consumer.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
+{{/* The label that tells the metrics Service from the release's other Services. */}}
+{{- define "imconnector-consumer.metricsServiceLabel" -}}
+imconnector-consumer/endpoint: metrics
+{{- end }}
+
 {{/* metadata.annotations body shared by every resource (empty when none). */}}
 {{- define "imconnector-consumer.annotations" -}}
 {{- with .Values.commonAnnotations }}
@@ -96,6 +101,126 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 /etc/imconnector/kafka-ca/ca.crt
 {{- end }}
 
+{{/*
+kafka.bootstrapServers as librdkafka and KEDA take it: one comma-separated string, whether
+the value is a list or already a string.
+*/}}
+{{- define "imconnector-consumer.bootstrapServers" -}}
+{{- $servers := required "kafka.bootstrapServers is required: set it to host:port[,host:port] (see ci/default-values.yaml)" .Values.kafka.bootstrapServers }}
+{{- if kindIs "slice" $servers }}
+{{- join "," $servers }}
+{{- else }}
+{{- $servers }}
+{{- end }}
+{{- end }}
+
+{{/* Schema Registry CA bundle: mounted when given inline or as an existing Secret. */}}
+{{- define "imconnector-consumer.registryCaEnabled" -}}
+{{- if or .Values.schemaRegistry.tls.caCert .Values.schemaRegistry.tls.existingSecret }}true{{ end }}
+{{- end }}
+
+{{- define "imconnector-consumer.registryCaSecretName" -}}
+{{- default (printf "%s-schema-registry-ca" (include "imconnector-consumer.fullname" .) | trunc 63 | trimSuffix "-") .Values.schemaRegistry.tls.existingSecret }}
+{{- end }}
+
+{{- define "imconnector-consumer.registryCaKey" -}}
+{{- if .Values.schemaRegistry.tls.existingSecret }}{{ .Values.schemaRegistry.tls.caKey }}{{ else }}ca.crt{{ end }}
+{{- end }}
+
+{{- define "imconnector-consumer.registryCaPath" -}}
+/etc/imconnector/schema-registry-ca/ca.crt
+{{- end }}
+
+{{/* The TCP ports of schemaRegistry.url's URLs, comma-separated ("" = no registry). */}}
+{{- define "imconnector-consumer.registryPorts" -}}
+{{- $ports := list }}
+{{- range splitList "," .Values.schemaRegistry.url }}
+{{- $url := trim . }}
+{{- if $url }}
+{{- $port := regexFind ":[0-9]+" (regexReplaceAll "^https?://" $url "") | trimPrefix ":" }}
+{{- $ports = append $ports (default (ternary "443" "80" (hasPrefix "https://" $url)) $port) }}
+{{- end }}
+{{- end }}
+{{- join "," $ports }}
+{{- end }}
+
+{{/* The service's secrets directory (IMCONNECTOR_SECRETS_DIR): files named like settings. */}}
+{{- define "imconnector-consumer.secretsDir" -}}
+/etc/imconnector/secrets
+{{- end }}
+
+{{/*
+Keys of Secrets the chart does not manage that are mounted as files into the secrets
+directory, each named after the setting it holds: a YAML list of {secret, key, path}
+("" when there are none).
+*/}}
+{{- define "imconnector-consumer.secretFiles" -}}
+{{- $auth := .Values.schemaRegistry.auth }}
+{{- $files := list }}
+{{- if $auth.existingSecret }}
+{{- if eq $auth.method "basic" }}
+{{- if $auth.usernameKey }}
+{{- $files = append $files (dict "secret" $auth.existingSecret "key" $auth.usernameKey "path" "IMCONNECTOR_SCHEMA_REGISTRY_USERNAME") }}
+{{- end }}
+{{- $files = append $files (dict "secret" $auth.existingSecret "key" $auth.passwordKey "path" "IMCONNECTOR_SCHEMA_REGISTRY_PASSWORD") }}
+{{- else if eq $auth.method "bearer" }}
+{{- $files = append $files (dict "secret" $auth.existingSecret "key" $auth.bearerTokenKey "path" "IMCONNECTOR_SCHEMA_REGISTRY_BEARER_TOKEN") }}
+{{- end }}
+{{- end }}
+{{- if $files }}
+{{- toYaml $files }}
+{{- end }}
+{{- end }}
+
+{{/*
+Schema Registry values that contradict each other fail the render with the fix, so a pod
+never starts with credentials the service would ignore or refuse.
+*/}}
+{{- define "imconnector-consumer.schemaRegistryCheck" -}}
+{{- $sr := .Values.schemaRegistry }}
+{{- $auth := $sr.auth }}
+{{- $method := $auth.method }}
+{{- if and (not $sr.url) (or (ne $method "none") (include "imconnector-consumer.registryCaEnabled" .)) }}
+{{- fail "schemaRegistry.auth/tls are set but schemaRegistry.url is empty: set the registry's URL" }}
+{{- end }}
+{{- if and $auth.existingSecret (or $auth.password $auth.bearerToken) }}
+{{- fail (printf "schemaRegistry.auth.existingSecret %q is set, so the inline password/bearerToken would be ignored: put it in that Secret (key %s or %s)" $auth.existingSecret $auth.passwordKey $auth.bearerTokenKey) }}
+{{- end }}
+{{- if eq $method "none" }}
+{{- if or $auth.username $auth.password $auth.bearerToken $auth.existingSecret }}
+{{- fail "schemaRegistry.auth has credentials but method is none: set schemaRegistry.auth.method to basic or bearer" }}
+{{- end }}
+{{- else if eq $method "basic" }}
+{{- if not (or $auth.username (and $auth.existingSecret $auth.usernameKey)) }}
+{{- fail "schemaRegistry.auth.method basic needs a user: set schemaRegistry.auth.username (or usernameKey with existingSecret)" }}
+{{- end }}
+{{- if not (or $auth.password $auth.existingSecret) }}
+{{- fail "schemaRegistry.auth.method basic needs a password: set schemaRegistry.auth.existingSecret (key passwordKey) or, for tests, schemaRegistry.auth.password" }}
+{{- end }}
+{{- if $auth.bearerToken }}
+{{- fail "schemaRegistry.auth.method basic: remove schemaRegistry.auth.bearerToken (basic auth or a bearer token, not both)" }}
+{{- end }}
+{{- else if eq $method "bearer" }}
+{{- if not (or $auth.bearerToken $auth.existingSecret) }}
+{{- fail "schemaRegistry.auth.method bearer needs a token: set schemaRegistry.auth.existingSecret (key bearerTokenKey) or, for tests, schemaRegistry.auth.bearerToken" }}
+{{- end }}
+{{- if or $auth.username $auth.password $auth.usernameKey }}
+{{- fail "schemaRegistry.auth.method bearer: remove schemaRegistry.auth.username/password/usernameKey (basic auth or a bearer token, not both)" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* A Prometheus duration ("1m30s", "500ms") in milliseconds. */}}
+{{- define "imconnector-consumer.durationMs" -}}
+{{- $ms := 0 }}
+{{- $factors := dict "ms" 1 "s" 1000 "m" 60000 "h" 3600000 }}
+{{- range regexFindAll "[0-9]+(ms|s|m|h)" . -1 }}
+{{- $unit := regexFind "(ms|s|m|h)$" . }}
+{{- $ms = add $ms (mul (trimSuffix $unit . | int) (index $factors $unit)) }}
+{{- end }}
+{{- $ms }}
+{{- end }}
+
 {{/* terminationGracePeriodSeconds: the service's drain grace plus a margin. */}}
 {{- define "imconnector-consumer.terminationGracePeriodSeconds" -}}
 {{- add (int .Values.shutdown.graceSeconds) (int .Values.shutdown.marginSeconds) }}
@@ -125,8 +250,10 @@ Both the ConfigMap and its checksum annotation are built from this.
 {{- define "imconnector-consumer.configEnv" -}}
 {{- $v := .Values }}
 {{- $env := dict }}
-{{- $servers := required "kafka.bootstrapServers is required: set it to host:port[,host:port] (see ci/default-values.yaml)" $v.kafka.bootstrapServers }}
-{{- $_ := set $env "IMCONNECTOR_KAFKA__BOOTSTRAP_SERVERS" $servers }}
+{{- $_ := set $env "IMCONNECTOR_KAFKA__BOOTSTRAP_SERVERS" (include "imconnector-consumer.bootstrapServers" .) }}
+{{- /* Dynamic membership for a Deployment's random pod names, static for a StatefulSet's
+       stable ones (workload.kind in values.yaml). */}}
+{{- $_ := set $env "IMCONNECTOR_KAFKA__STATIC_MEMBERSHIP" (eq $v.workload.kind "StatefulSet") }}
 {{- $_ := set $env "IMCONNECTOR_KAFKA__SECURITY_PROTOCOL" $v.kafka.securityProtocol }}
 {{- with $v.kafka.sasl.mechanism }}
 {{- $_ := set $env "IMCONNECTOR_KAFKA__SASL_MECHANISM" . }}
@@ -148,8 +275,22 @@ Both the ConfigMap and its checksum annotation are built from this.
 {{- $_ := set $env "IMCONNECTOR_KAFKA__CONFIG" (toJson $librdkafka) }}
 {{- $_ := set $env "IMCONNECTOR_SOURCE_TOPICS" (join "," $v.kafka.topics) }}
 {{- $_ := set $env "IMCONNECTOR_GROUP_ID" $v.kafka.groupId }}
-{{- with $v.schemaRegistryUrl }}
+{{- include "imconnector-consumer.schemaRegistryCheck" . }}
+{{- $sr := $v.schemaRegistry }}
+{{- with $sr.url }}
 {{- $_ := set $env "IMCONNECTOR_SCHEMA_REGISTRY_URL" . }}
+{{- end }}
+{{- if and (eq $sr.auth.method "basic") (not (and $sr.auth.existingSecret $sr.auth.usernameKey)) }}
+{{- $_ := set $env "IMCONNECTOR_SCHEMA_REGISTRY_USERNAME" $sr.auth.username }}
+{{- end }}
+{{- with $sr.auth.logicalCluster }}
+{{- $_ := set $env "IMCONNECTOR_SCHEMA_REGISTRY_LOGICAL_CLUSTER" . }}
+{{- end }}
+{{- if include "imconnector-consumer.registryCaEnabled" . }}
+{{- $_ := set $env "IMCONNECTOR_SCHEMA_REGISTRY_CA_LOCATION" (include "imconnector-consumer.registryCaPath" .) }}
+{{- end }}
+{{- if include "imconnector-consumer.secretFiles" . }}
+{{- $_ := set $env "IMCONNECTOR_SECRETS_DIR" (include "imconnector-consumer.secretsDir" .) }}
 {{- end }}
 {{- $_ := set $env "IMCONNECTOR_HTTP_PORT" $v.httpPort }}
 {{- $_ := set $env "IMCONNECTOR_SHUTDOWN_GRACE_S" $v.shutdown.graceSeconds }}
@@ -207,6 +348,15 @@ Refuses inline secrets when existingSecret is set, so nobody believes they were 
 {{- with index $p $field }}
 {{- $_ := set $env (include "imconnector-consumer.portalEnv" (list $portal $envField)) . }}
 {{- end }}
+{{- end }}
+{{- end }}
+{{- $auth := $v.schemaRegistry.auth }}
+{{- if not $auth.existingSecret }}
+{{- if and (eq $auth.method "basic") $auth.password }}
+{{- $_ := set $env "IMCONNECTOR_SCHEMA_REGISTRY_PASSWORD" $auth.password }}
+{{- end }}
+{{- if and (eq $auth.method "bearer") $auth.bearerToken }}
+{{- $_ := set $env "IMCONNECTOR_SCHEMA_REGISTRY_BEARER_TOKEN" $auth.bearerToken }}
 {{- end }}
 {{- end }}
 {{- range $name, $value := $v.secretEnv }}
