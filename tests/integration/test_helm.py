@@ -463,7 +463,7 @@ def test_rendered_settings_load_in_the_service(helm: str) -> None:
             "https://second.bitrix24.eu/rest/",
             "local.fedcba9876543210.87654321",
             "client-secret-sentinel-b7e4",
-            1.0,
+            None,  # no fixed share: derived from the partitions a replica owns
         ],
     }
 
