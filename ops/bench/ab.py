@@ -29,15 +29,12 @@ from pathlib import Path
 
 from confluent_kafka.admin import AdminClient
 
-from ops.bench.run import (
-    ROOT,
-    Bench,
-    EngineProcess,
-    Simulator,
+from ops.bench.processes import ROOT, EngineProcess, Simulator, log
+from ops.bench.run import Bench
+from ops.bench.workload import (
     create_topics,
     delete_run_topics,
     fast_producer,
-    log,
     make_workload,
     produce_all,
 )

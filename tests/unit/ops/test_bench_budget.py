@@ -7,15 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from ops.bench.run import (
-    DUPLICATE_RATE,
-    TARGET_EPS,
-    Bench,
-    build_details,
-    build_table,
-    make_workload,
-    parse_args,
-)
+from ops.bench.run import Bench, parse_args
+from ops.bench.table import TARGET_EPS, build_details, build_table
+from ops.bench.workload import DUPLICATE_RATE, make_workload
 
 
 @pytest.mark.parametrize("events", [None, 100_000, 300_000, 1_000_000])
