@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
                     )
                     if not result["complete"]:
                         log(f"{variant.name}: did not finish within {args.budget:.0f}s")
-                    variant.rates.append(result["eps"])
+                    variant.rates.append(result["records_per_s"])
                     variant.cpu.append(result["cpu_engine"])
                     variant.steal.append(result["steal"])
         finally:

@@ -110,31 +110,90 @@ def burst_ratio(
     return (requests / bound if bound else float("nan")), requests, bound
 
 
-def latencies(
-    produced: list[tuple[ChatEvent, float]], calls: list[dict[str, Any]]
+def first_copies(produced: Iterable[tuple[ChatEvent, float]]) -> list[tuple[ChatEvent, float]]:
+    """Each distinct event once, with the Kafka timestamp of its first record, in topic order.
+
+    A duplicate record counts from its first copy: the event was there to be acted on then.
+    """
+    seen: set[str] = set()
+    out = []
+    for event, stamp in produced:
+        if event.event_id not in seen:
+            seen.add(event.event_id)
+            out.append((event, stamp))
+    return out
+
+
+def in_chat_order(events: list[tuple[ChatEvent, float]]) -> list[tuple[ChatEvent, float]]:
+    """`events` (distinct) chat by chat, each chat in its own order: by `sequence`, or in
+    topic order for a chat whose events carry none (the order the service applies them)."""
+    chats: dict[str, list[tuple[float, int, ChatEvent, float]]] = defaultdict(list)
+    for position, (event, stamp) in enumerate(events):
+        rank = float(event.sequence) if event.sequence is not None else float("inf")
+        chats[event.key].append((rank, position, event, stamp))
+    return [(event, stamp) for chat in chats.values() for _, _, event, stamp in sorted(chat)]
+
+
+def ready_times(produced: Iterable[tuple[ChatEvent, float]]) -> dict[str, float]:
+    """Event id -> the latest record timestamp among the event and its predecessors in its
+    chat: the moment the service had everything it needed to make the event's call.
+
+    An event that arrives before a predecessor (out of order) must wait for it; that wait
+    is the producer's, not the service's, so it is not counted against the service.
+    """
+    ready: dict[str, float] = {}
+    latest: dict[str, float] = {}
+    for event, stamp in in_chat_order(first_copies(produced)):
+        latest[event.key] = max(stamp, latest.get(event.key, stamp))
+        ready[event.event_id] = latest[event.key]
+    return ready
+
+
+def _match(
+    since: list[tuple[ChatEvent, float]], calls: list[dict[str, Any]]
 ) -> tuple[list[float], int]:
-    """Record timestamp -> completion of the call carrying its element, per event.
+    """Per event of `since` (in chat order) whose element a call carries: that call's
+    `wall_time` minus the event's start time; and how many events expect a call.
 
     Events are matched to request elements by method + chat id + message id(s) + text (or
-    chat id + name for renames), in order; a duplicate record counts from its first copy.
-    Returns (latencies in seconds, events expected to produce a call).
+    chat id + name for renames), first come first matched; the first answered call that
+    carries an element counts. Events that make no call (superseded, moot) have no sample.
     """
     pending: dict[tuple[str, ...], deque[float]] = defaultdict(deque)
-    seen: set[str] = set()
     expected = 0
-    for event, stamp in produced:
-        if event.event_id in seen:
-            continue
-        seen.add(event.event_id)
+    for event, start in since:
         for ident in identities(*request_params(event)):
-            pending[ident].append(stamp)
+            pending[ident].append(start)
             expected += 1
     out: list[float] = []
     for call in sorted(calls, key=lambda c: c["index"]):
         if call["http_status"] is None:
             continue
         for ident in identities(call["method"], call["params"]):
-            stamps = pending.get(ident)
-            if stamps:
-                out.append(call["wall_time"] - stamps.popleft())
+            starts = pending.get(ident)
+            if starts:
+                out.append(call["wall_time"] - starts.popleft())
     return out, expected
+
+
+def latencies(
+    produced: list[tuple[ChatEvent, float]], calls: list[dict[str, Any]]
+) -> tuple[list[float], int]:
+    """Record timestamp (of the event's first copy) -> completion of the call carrying its
+    element, per event. Returns (latencies in seconds, events expected to make a call)."""
+    return _match(in_chat_order(first_copies(produced)), calls)
+
+
+def added_latencies(
+    produced: list[tuple[ChatEvent, float]], calls: list[dict[str, Any]]
+) -> tuple[list[float], int]:
+    """The latency the service adds, per event: completion of the call carrying its element
+    minus `ready_times` (the latest record timestamp among the event and its predecessors
+    in its chat). Returns (latencies in seconds, events expected to make a call).
+
+    A consumer that does not keep a chat's order (the naive one) can call an event before a
+    predecessor arrived: its added latency is then negative.
+    """
+    ready = ready_times(produced)
+    events = in_chat_order(first_copies(produced))
+    return _match([(event, ready[event.event_id]) for event, _ in events], calls)

@@ -18,9 +18,11 @@ if TYPE_CHECKING:
     from ops.bench.workload import Workload
 
 # Targets (2-core machine).
-TARGET_EPS = 5_000
+TARGET_RECORDS_PER_S = 5_000
+AIM_RECORDS_PER_S = 20_000
 QUIET_RATE = 20.0  # events/s of the low-rate latency run: most portals, most of the day
-AIM_EPS = 20_000
+ADDED_LATENCY_RATE = 1_000.0  # events/s of the run that judges the latency the service adds
+TARGET_ADDED_P99_S = 0.100
 TARGET_SPEEDUP = 20.0
 TARGET_BURST = 1.1
 TARGET_RESTORE_S = 30.0
@@ -44,7 +46,8 @@ def render(rows: list[list[str]]) -> str:
 def fmt_rate(result: dict[str, Any] | None) -> str:
     if not result:
         return "n/a"
-    text = f"{result['eps']:,.0f}" if result["eps"] >= 100 else f"{result['eps']:,.1f}"
+    rate = result["records_per_s"]
+    text = f"{rate:,.0f}" if rate >= 100 else f"{rate:,.1f}"
     return text if result.get("complete") else f"{text} (budget)"
 
 
@@ -52,35 +55,40 @@ def build_table(bench: Bench) -> str:
     r = bench.results
     e0, e50 = r.get("engine_0"), r.get("engine_50")
     n0, n50 = r.get("naive_0"), r.get("naive_50")
-    lat_e, lat_n, rest = r.get("latency_engine"), r.get("latency_naive"), r.get("restore")
+    rest = r.get("restore")
     rows = [["metric", "target", "service", "naive", "result"]]
 
-    ok0 = e0["eps"] >= TARGET_EPS and e0["complete"] if e0 else None
+    ok0 = e0["records_per_s"] >= TARGET_RECORDS_PER_S and e0["complete"] if e0 else None
     rows.append(
         [
-            "events/s end to end, 0 ms API latency",
-            f">= {TARGET_EPS:,} (aim {AIM_EPS:,})",
+            "records/s end to end, 0 ms API latency",
+            f">= {TARGET_RECORDS_PER_S:,} (aim {AIM_RECORDS_PER_S:,})",
             fmt_rate(e0),
             fmt_rate(n0),
-            verdict(ok0) + (" (aim met)" if e0 and e0["eps"] >= AIM_EPS else ""),
+            verdict(ok0)
+            + (" (aim met)" if e0 and e0["records_per_s"] >= AIM_RECORDS_PER_S else ""),
         ]
     )
     rep = r.get("replicas_0")
     if rep:
-        ok = rep["eps"] >= TARGET_EPS and not rep["rebalanced"]
+        ok = rep["records_per_s"] >= TARGET_RECORDS_PER_S and not rep["rebalanced"]
         rows.append(
             [
-                f"events/s end to end, 0 ms, {rep['replicas']} replicas (one per core)",
-                f">= {TARGET_EPS:,} (aim {AIM_EPS:,})",
+                f"records/s end to end, 0 ms, {rep['replicas']} replicas (one per core)",
+                f">= {TARGET_RECORDS_PER_S:,} (aim {AIM_RECORDS_PER_S:,})",
                 fmt_rate(rep) + (" REBALANCED" if rep["rebalanced"] else ""),
                 "n/a",
-                verdict(ok) + (" (aim met)" if rep["eps"] >= AIM_EPS else ""),
+                verdict(ok) + (" (aim met)" if rep["records_per_s"] >= AIM_RECORDS_PER_S else ""),
             ]
         )
-    speedup = e50["eps"] / n50["eps"] if e50 and n50 and n50["eps"] else None
+    speedup = (
+        e50["records_per_s"] / n50["records_per_s"]
+        if e50 and n50 and n50["records_per_s"]
+        else None
+    )
     rows.append(
         [
-            "events/s end to end, 50 ms API latency",
+            "records/s end to end, 50 ms API latency",
             f">= {TARGET_SPEEDUP:.0f}x naive",
             fmt_rate(e50) + (f" ({speedup:,.0f}x)" if speedup else ""),
             fmt_rate(n50),
@@ -93,7 +101,7 @@ def build_table(bench: Bench) -> str:
             return "n/a"
         return f"{res['calls']['total_requests'] * 1000 / res['done']:,.1f}"
 
-    rows.append(["API requests per 1,000 events (0 ms run)", "-", per_1000(e0), per_1000(n0), "-"])
+    rows.append(["API requests per 1,000 records (0 ms run)", "-", per_1000(e0), per_1000(n0), "-"])
     if e0:
         for label, methods in (
             ("send.messages", [SEND]),
@@ -134,32 +142,7 @@ def build_table(bench: Bench) -> str:
             ]
         )
 
-    def lat(res: dict[str, Any] | None, key: str) -> str:
-        if not res or key not in res:
-            return "n/a"
-        return f"{res[key] * 1000:,.1f} ms"
-
-    for key in ("p50", "p99"):
-        rows.append(
-            [
-                f"latency {key}, record ts -> call done (paced)",
-                "-",
-                lat(lat_e, key),
-                lat(lat_n, key),
-                "-",
-            ]
-        )
-    quiet_e, quiet_n = r.get("latency_quiet_engine"), r.get("latency_quiet_naive")
-    if quiet_e or quiet_n:
-        rows.append(
-            [
-                f"latency p50 / p99 at {QUIET_RATE:.0f} events/s (a quiet portal)",
-                "-",
-                f"{lat(quiet_e, 'p50')} / {lat(quiet_e, 'p99')}",
-                f"{lat(quiet_n, 'p50')} / {lat(quiet_n, 'p99')}",
-                "-",
-            ]
-        )
+    rows.extend(latency_rows(r))
     if rest:
         rows.append(
             [
@@ -187,6 +170,86 @@ def build_table(bench: Bench) -> str:
     return render(rows)
 
 
+def ms(res: dict[str, Any] | None, key: str) -> str:
+    """`res[key]` (seconds) in milliseconds, or n/a."""
+    if not res or key not in res:
+        return "n/a"
+    return f"{res[key] * 1000:,.1f} ms"
+
+
+def p50_p99(res: dict[str, Any] | None, prefix: str = "") -> str:
+    """ "p50 / p99" of a latency run; marked when not every record was done in time (the
+    events still waiting have no sample, so the percentiles would flatter it)."""
+    text = f"{ms(res, prefix + 'p50')} / {ms(res, prefix + 'p99')}"
+    if res and not res["complete"]:
+        text += f" (unfinished: {res['done']:,}/{res['records']:,} records)"
+    return text
+
+
+def added_latency_ok(res: dict[str, Any] | None) -> bool | None:
+    """The goal: every record done, and p99 of the latency the service adds under 100 ms."""
+    if not res or "added_p99" not in res:
+        return None if not res else False
+    return bool(res["complete"] and res["added_p99"] < TARGET_ADDED_P99_S)
+
+
+def latency_rows(r: dict[str, Any]) -> list[list[str]]:
+    """The paced runs: record ts -> call done at half each contender's 0 ms rate and at a
+    quiet rate, and the latency the service adds at `ADDED_LATENCY_RATE` (judged)."""
+    rows = []
+    half_e, half_n = r.get("latency_engine"), r.get("latency_naive")
+    if half_e or half_n:
+        rows.append(
+            [
+                "latency p50 / p99, record ts -> call done, paced at half the 0 ms rate",
+                "-",
+                p50_p99(half_e),
+                p50_p99(half_n),
+                "-",
+            ]
+        )
+    quiet_e, quiet_n = r.get("latency_quiet_engine"), r.get("latency_quiet_naive")
+    if quiet_e or quiet_n:
+        rows.append(
+            [
+                f"latency p50 / p99, record ts -> call done, {QUIET_RATE:.0f} events/s (quiet)",
+                "-",
+                p50_p99(quiet_e),
+                p50_p99(quiet_n),
+                "-",
+            ]
+        )
+    added_e, added_n = r.get("added_engine"), r.get("added_naive")
+    if added_e or added_n:
+        rows.append(
+            [
+                f"added latency p50 / p99 at {ADDED_LATENCY_RATE:,.0f} events/s",
+                f"p99 < {TARGET_ADDED_P99_S * 1000:.0f} ms",
+                p50_p99(added_e, "added_"),
+                p50_p99(added_n, "added_"),
+                verdict(added_latency_ok(added_e)),
+            ]
+        )
+    return rows
+
+
+def latency_details(label: str, res: dict[str, Any]) -> str:
+    """One paced run in a line: its rates, what was done and matched, both latencies."""
+    line = (
+        f"latency {label}: paced {res['events_per_s']:,.1f} events/s = "
+        f"{res['records_per_s']:,.1f} records/s; {res['done']:,}/{res['records']:,} records "
+        f"done; {res['matched']:,}/{res['expected']:,} events matched to calls (the rest "
+        "make none: duplicates, superseded, moot)"
+    )
+    if "max" in res:
+        line += f"; record ts -> call done p50/p99/max {ms(res, 'p50')} / {ms(res, 'p99')} / "
+        line += ms(res, "max")
+    if "added_max" in res:
+        line += f"; added p50/p99/max {ms(res, 'added_p50')} / {ms(res, 'added_p99')} / "
+        line += ms(res, "added_max")
+    return line
+
+
 def build_details(bench: Bench, workload: Workload) -> str:
     r = bench.results
     kinds = Counter(e.kind for e in workload.events)
@@ -202,7 +265,7 @@ def build_details(bench: Bench, workload: Workload) -> str:
         lines.append(
             f"warm-up before the measured runs (not in the table): {warm['done']:,}/"
             f"{warm['records']:,} records of {bench.args.warmup_events:,} events at 0 ms, "
-            f"{warm['eps']:,.0f} events/s"
+            f"{warm['records_per_s']:,.0f} records/s"
         )
     for key, label in (
         ("engine_0", "service 0 ms"),
@@ -229,19 +292,16 @@ def build_details(bench: Bench, workload: Workload) -> str:
             )
         lines.append(line)
     for key, label in (
-        ("latency_engine", "service"),
-        ("latency_naive", "naive"),
+        ("latency_engine", "service, half rate"),
+        ("latency_naive", "naive, half rate"),
         ("latency_quiet_engine", "service, quiet"),
         ("latency_quiet_naive", "naive, quiet"),
+        ("added_engine", f"service, {ADDED_LATENCY_RATE:,.0f} events/s"),
+        ("added_naive", f"naive, {ADDED_LATENCY_RATE:,.0f} events/s"),
     ):
         res = r.get(key)
         if res:
-            extra = f", max {res['max'] * 1000:,.0f} ms" if "max" in res else ""
-            lines.append(
-                f"latency {label}: paced {res['rate']:,.0f}/s, {res['records']:,} "
-                f"records, {res['matched']:,}/{res['expected']:,} events matched to "
-                f"calls{extra}"
-            )
+            lines.append(latency_details(label, res))
     rest = r.get("restore")
     if rest:
         lines.append(
