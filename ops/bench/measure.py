@@ -78,10 +78,12 @@ def internals(samples: list[Any]) -> dict[str, float]:
     """What the service says about itself: transactions, request durations, batch sizes."""
 
     def total(name: str, **labels: str) -> float:
-        return sum(
-            s.value
-            for s in samples
-            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+        return float(
+            sum(
+                s.value
+                for s in samples
+                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+            )
         )
 
     transactions = total("imconnector_transaction_duration_seconds_count")

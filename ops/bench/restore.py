@@ -90,14 +90,14 @@ def idle_state_templates(count: int, seed: int) -> list[bytes]:
 def restore_worker(args: argparse.Namespace) -> int:
     from consumer.core.state import ChatState
     from consumer.engine.restorer import Restorer
-    from consumer.settings import Settings
+    from consumer.settings import KafkaSettings, Settings
     from consumer.store.changelog import Dormant, PartitionStore
     from consumer.store.encoding import chat_doc, decode_chat
 
     topic = f"{args.run_id}-restore-source"
     group = f"{args.run_id}-restore"
     settings = Settings(
-        kafka={"bootstrap_servers": args.bootstrap},
+        kafka=KafkaSettings(bootstrap_servers=args.bootstrap),
         source_topics=[topic],
         group_id=group,
         instance_id="restore",

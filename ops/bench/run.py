@@ -509,7 +509,7 @@ def main(argv: list[str] | None = None) -> int:
 
             def half_rate(key: str) -> float:
                 """Events/s at half the records/s a contender reached at 0 ms."""
-                return 0.5 * bench.results[key]["records_per_s"] * workload.unique / records
+                return float(0.5 * bench.results[key]["records_per_s"] * workload.unique / records)
 
             if args.warmup_events > 0:
                 warm_up(bench, args)
