@@ -178,8 +178,8 @@ def ms(res: dict[str, Any] | None, key: str) -> str:
 
 
 def p50_p99(res: dict[str, Any] | None, prefix: str = "") -> str:
-    """ "p50 / p99" of a latency run; marked when not every record was done in time (the
-    events still waiting have no sample, so the percentiles would flatter it)."""
+    """The `p50 / p99` cell of a latency run, marked when not every record was done in time
+    (the events still waiting have no sample, so the percentiles would flatter it)."""
     text = f"{ms(res, prefix + 'p50')} / {ms(res, prefix + 'p99')}"
     if res and not res["complete"]:
         text += f" (unfinished: {res['done']:,}/{res['records']:,} records)"
