@@ -13,15 +13,18 @@ import time
 from typing import Any
 
 from consumer.observability.tracing import TraceContextFilter
-from consumer.redact import redact
+from consumer.redact import redact, secret_name
 
 # The attributes every LogRecord has; anything else came from `extra=` (or a filter).
 _STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 _OWN = ("ts", "level", "logger", "msg", "exc")
 
 
-def _field(value: Any) -> Any:
-    """An `extra` value as JSON: scalars as they are, text redacted, the rest as text."""
+def _field(name: str, value: Any) -> Any:
+    """An `extra` value as JSON: scalars as they are, text redacted, the rest as text; a
+    field named like a secret (`access_token=...`) shows none of its value."""
+    if secret_name(name):
+        return "***"
     if isinstance(value, str):
         return redact(value)
     if value is None or isinstance(value, bool | int | float):
@@ -42,7 +45,7 @@ class JsonFormatter(logging.Formatter):
         }
         for name, value in record.__dict__.items():
             if name not in _STANDARD and name not in _OWN and value is not None:
-                doc[name] = _field(value)
+                doc[name] = _field(name, value)
         if record.exc_info:
             doc["exc"] = redact(self.formatException(record.exc_info))
         return json.dumps(doc, ensure_ascii=False)

@@ -29,15 +29,12 @@ from pathlib import Path
 
 from confluent_kafka.admin import AdminClient
 
-from ops.bench.run import (
-    ROOT,
-    Bench,
-    EngineProcess,
-    Simulator,
+from ops.bench.processes import ROOT, EngineProcess, Simulator, log
+from ops.bench.run import Bench
+from ops.bench.workload import (
     create_topics,
     delete_run_topics,
     fast_producer,
-    log,
     make_workload,
     produce_all,
 )
@@ -121,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
                     )
                     if not result["complete"]:
                         log(f"{variant.name}: did not finish within {args.budget:.0f}s")
-                    variant.rates.append(result["eps"])
+                    variant.rates.append(result["records_per_s"])
                     variant.cpu.append(result["cpu_engine"])
                     variant.steal.append(result["steal"])
         finally:

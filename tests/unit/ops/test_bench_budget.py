@@ -7,15 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from ops.bench.run import (
-    DUPLICATE_RATE,
-    TARGET_EPS,
-    Bench,
-    build_details,
-    build_table,
-    make_workload,
-    parse_args,
-)
+from ops.bench.run import Bench, parse_args
+from ops.bench.table import TARGET_RECORDS_PER_S, build_details, build_table
+from ops.bench.workload import DUPLICATE_RATE, make_workload
 
 
 @pytest.mark.parametrize("events", [None, 100_000, 300_000, 1_000_000])
@@ -23,7 +17,7 @@ def test_a_run_at_the_target_rate_finishes_within_the_default_budget(events: int
     args = parse_args([] if events is None else ["--events", str(events)])
     records = args.events * (1 + DUPLICATE_RATE)
     assert args.engine_budget >= 60.0
-    assert args.engine_budget * TARGET_EPS >= records, (args.engine_budget, records)
+    assert args.engine_budget * TARGET_RECORDS_PER_S >= records, (args.engine_budget, records)
 
 
 def test_an_explicit_budget_is_kept() -> None:
@@ -39,10 +33,10 @@ def test_a_warm_up_runs_by_default_and_can_be_skipped() -> None:
 def test_the_warm_up_is_reported_apart_from_the_measured_runs(tmp_path: Path) -> None:
     args = parse_args(["--quick"])
     bench = Bench(args, "run", tmp_path, None, None, {}, 50)  # type: ignore[arg-type]
-    bench.warmup = {"done": 1_100, "records": 1_100, "eps": 2_000.0}
+    bench.warmup = {"done": 1_100, "records": 1_100, "records_per_s": 2_000.0}
     details = build_details(bench, make_workload(100, 10, 1))
     assert (
         "warm-up before the measured runs (not in the table): 1,100/1,100 records of "
-        "1,000 events at 0 ms, 2,000 events/s"
+        "1,000 events at 0 ms, 2,000 records/s"
     ) in details
     assert "warm-up" not in build_table(bench)

@@ -6,15 +6,9 @@ import random
 
 from consumer.core.mapping import BATCHABLE, RENAME, element_for
 from consumer.demo.workload import chat_script, interleave
+from ops.bench.measure import burst_ratio, call_summary, identities, latencies, percentile
 from ops.bench.naive import request_params
-from ops.bench.run import (
-    burst_ratio,
-    call_summary,
-    identities,
-    latencies,
-    make_workload,
-    percentile,
-)
+from ops.bench.workload import make_workload
 
 
 def _events(n_chats: int = 20, per_chat: int = 15) -> list:
