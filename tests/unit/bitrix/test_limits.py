@@ -37,23 +37,32 @@ def test_the_bucket_drains_with_time() -> None:
     assert bucket.level == pytest.approx(1.0)  # never below empty
 
 
-def test_a_replica_uses_its_share_of_burst_and_drain() -> None:
+def test_a_replica_uses_90_percent_of_its_share_of_burst_and_drain() -> None:
+    """Several replicas keep buckets of their own against the portal's one: a shared
+    replica keeps a tenth of its part free (SHARED_HEADROOM)."""
     bucket = PortalRateLimiter(drain=2.0, burst=50, share=0.5)
-    assert [bucket.reserve(T0) for _ in range(25)] == [0.0] * 25
-    assert bucket.reserve(T0) == pytest.approx(1.0)  # one over at 1/s
+    assert [bucket.reserve(T0) for _ in range(22)] == [0.0] * 22  # 50 * 0.5 * 0.9 = 22.5
+    assert bucket.reserve(T0) == pytest.approx(0.5 / 0.9)  # 0.5 over at 0.9/s
 
 
 def test_a_tiny_share_still_lets_one_request_through() -> None:
     bucket = PortalRateLimiter(drain=2.0, burst=50, share=0.01)
     assert bucket.reserve(T0) == 0.0
-    assert bucket.reserve(T0) == pytest.approx(50.0)  # 1 over at 0.02/s
+    assert bucket.reserve(T0) == pytest.approx(1 / (2.0 * 0.01 * 0.9))  # 1 over at 0.018/s
 
 
-def test_query_limit_exceeded_fills_the_bucket() -> None:
+def test_query_limit_exceeded_fills_the_bucket_and_backs_off() -> None:
     bucket = PortalRateLimiter(drain=2.0, burst=50)
     assert bucket.reserve(T0) == 0.0
     bucket.saturated(T0)  # the portal counted more than we did (other clients)
-    assert bucket.reserve(T0) == pytest.approx(0.5)
+    assert bucket.backoff == pytest.approx(0.8)
+    assert bucket.reserve(T0) == pytest.approx(1 / (2.0 * 0.8))  # full, draining at 1.6/s
+    for _ in range(10):
+        bucket.saturated(T0)
+    assert bucket.backoff == pytest.approx(0.25)  # never below a quarter
+    for _ in range(200):
+        bucket.went_through()
+    assert bucket.backoff == 1.0  # won back request by request
 
 
 # -- operating budget -----------------------------------------------------------------------
