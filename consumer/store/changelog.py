@@ -155,11 +155,17 @@ class PartitionStore:
         self._loaded += 1
         kind = key_kind(key)
         if kind == "chat":
+            # Idle chats (nearly all of them) are kept as their records at once, so the work
+            # is spread over the restore's slices rather than piled up at its end.
             chat = key.decode()
-            if value is None:
-                self._records.pop(chat, None)
-            else:
-                self._records[chat] = value
+            self._records.pop(chat, None)
+            self.chats.pop(chat, None)
+            if value is not None:
+                doc = chat_doc(value)
+                if is_idle_doc(doc):
+                    self.chats[chat] = Dormant(value, int(doc.get("a", 0)))
+                else:
+                    self._records[chat] = value
         elif kind == "block":
             self._load_block(key, value)
         elif kind == "part":
@@ -202,25 +208,20 @@ class PartitionStore:
         for deletion every body and block no chat refers to."""
         out = Restored(records=self._loaded)
         for chat, record in self._records.items():
-            doc = chat_doc(record)
             bodies = self._bodies.pop(chat, {})
-            if is_idle_doc(doc):
-                self.chats[chat] = Dormant(record, int(doc.get("a", 0)))
-                referred: set[int] = set()
-            else:
-                state, missing = decode_chat(doc, bodies)
-                self.chats[chat] = state
-                referred = {call.offset for call in state.calls()}
-                if referred:
-                    self._stored[chat] = referred
-                if missing:
-                    self.dirty.add(chat)  # its record must drop the missing calls
-                    out.missing.extend((chat, offset) for offset in missing)
-                if state.outbox or state.held_rename is not None:
-                    out.waiting.append(chat)
+            state, missing = decode_chat(chat_doc(record), bodies)
+            self.chats[chat] = state
+            referred = {call.offset for call in state.calls()}
+            if referred:
+                self._stored[chat] = referred
+            if missing:
+                self.dirty.add(chat)  # its record must drop the missing calls
+                out.missing.extend((chat, offset) for offset in missing)
+            if state.outbox or state.held_rename is not None:
+                out.waiting.append(chat)
             for offset in bodies.keys() - referred:
                 self._unreferenced(chat, offset)
-        for owner, left in self._bodies.items():  # no chat record: finished calls
+        for owner, left in self._bodies.items():  # idle or no chat: finished calls
             for offset in left:
                 self._unreferenced(owner, offset)
         restored_at = time.monotonic()

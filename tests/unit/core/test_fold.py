@@ -216,3 +216,37 @@ def test_a_gap_is_given_up_only_after_the_partition_was_read_to_its_end():
     ]
     assert state.failed == RangeSet([[2, 2]])  # a redrive may apply it on purpose
     assert [a for _, a in lane.offer(state, first, 71_000).ready] == ["duplicate"]
+
+
+def test_a_redrive_of_a_parked_chat_with_1500_dead_letters_applies_all_of_them():
+    """Dead-lettered sequences are kept as ranges: no count forgets the oldest (1,000 did)."""
+    from consumer.core.ordering import classify
+
+    state = ChatState()
+    for seq in range(1, 1502):
+        feed(state, ev(MessageSent(f"m{seq}", "x"), seq))
+        state.watermark = seq
+    on_failure(state, state.outbox[0], "exhausted", "INTERNAL_SERVER_ERROR", "x", 1)
+    assert state.parked and state.failed is not None and state.failed.count() == 1501
+    assert state.failed == RangeSet([[1, 1501]])  # one range, however many
+    admissions = {classify(state, ev(MessageSent(f"m{s}", "x"), s)) for s in range(1, 1502)}
+    assert admissions == {"redrive"}
+
+
+def test_more_than_16_gaps_in_one_chat_never_turn_a_late_event_into_a_duplicate():
+    """A late event in the first of 20 gaps given up is still late (dead-lettered, and a
+    redrive may apply it); with 16 gaps remembered it was a silent duplicate."""
+    from consumer.core.ordering import Lane
+
+    state = ChatState()
+    lane: Lane[ChatEvent] = Lane(4, 16, lambda e: e)
+    seq = 0
+    for _ in range(20):  # every other sequence is missing; each gap is given up
+        seq += 2
+        lane.offer(state, ev(MessageSent(f"m{seq}", "x"), seq), seq)
+        lane.expire(state, 10**9, 1, caught_up_ms=10**9)
+    assert state.gaps is not None and len(state.gaps.ranges) == 20
+    first_missing = ev(MessageSent("m1", "x"), 1)
+    assert [a for _, a in lane.offer(state, first_missing, 10**9).ready] == ["late"]
+    on_late(state, new_call(first_missing, state, ("t", 0, 99)))
+    assert 1 in state.failed  # type: ignore[operator]
