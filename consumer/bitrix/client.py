@@ -67,6 +67,12 @@ def moved_endpoint(request_url: str, method: str, location: str) -> str | None:
     return None
 
 
+def _origin(url: str) -> str:
+    """`scheme://host:port` of a URL (what a token may be sent to)."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}"
+
+
 def seed_tokens(settings: PortalSettings) -> TokenSet | None:
     """The token pair given in the settings, if any (older than anything in the store)."""
     if settings.access_token is None or settings.refresh_token is None:
@@ -111,6 +117,7 @@ class BitrixClient:
         self._http = {name: http_client(http_settings) for name in portals}
         self.portals = portals
         self.moved: dict[str, str] = {}  # portal -> endpoint it moved to (301/302/307/308)
+        self._distrusted: set[str] = set()  # portals whose offered endpoint was refused
         self._on_move = on_move
         self.tokens: dict[str, PortalTokens] = {
             name: PortalTokens(
@@ -165,8 +172,28 @@ class BitrixClient:
 
     def endpoint(self, portal: str, tokens: TokenSet) -> str:
         """Where `portal`'s calls go: the address it moved to, else the token's
-        `client_endpoint`, else the configured `rest_url`."""
-        return self.moved.get(portal) or tokens.client_endpoint or self.portals[portal].rest_url
+        `client_endpoint` when it is on the portal's own host, else the configured
+        `rest_url`. A token is never sent to a host the portal did not name itself."""
+        moved = self.moved.get(portal)
+        if moved:
+            return moved
+        configured = self.portals[portal].rest_url
+        offered = tokens.client_endpoint
+        if not offered or offered == configured:
+            return configured
+        if _origin(offered) == _origin(configured):
+            return offered
+        if portal not in self._distrusted:
+            self._distrusted.add(portal)
+            logger.warning(
+                "portal %s: the client_endpoint %s from the token store or the OAuth answer "
+                "is not on the configured host %s; it is not used (set rest_url if the "
+                "portal really moved)",
+                portal,
+                _origin(offered),
+                _origin(configured),
+            )
+        return configured
 
     async def _post(
         self, portal: str, method: str, content: bytes, tokens: TokenSet

@@ -94,6 +94,7 @@ class PortalTokens:
         self._store = store
         self._http = http
         self._lock = asyncio.Lock()
+        self._unsaved: TokenSet | None = None  # refreshed, not yet in the store
         self._on_refresh = on_refresh
         stored = store.load(portal)
         self._tokens = (
@@ -126,6 +127,8 @@ class PortalTokens:
                 self._tokens = adopted
                 self._count("adopted")
                 return adopted
+            if self._unsaved is not None:  # a pair refreshed earlier whose save failed
+                return await self._keep(self._unsaved)
             current = self.current()
             try:
                 fresh = await self._request(current.refresh_token)
@@ -140,11 +143,36 @@ class PortalTokens:
                         return adopted
                 self._count("failed")
                 raise
-            await asyncio.to_thread(self._store.save, self.portal, fresh)
-            self._tokens = fresh
-            self._count("ok")
-            logger.info("refreshed OAuth tokens", extra={"portal": self.portal})
-            return fresh
+            # The old refresh token is spent: from here on, this pair is the only way in.
+            self._unsaved = fresh
+            return await self._keep(fresh)
+
+    async def _keep(self, fresh: TokenSet) -> TokenSet:
+        """Save a new pair, then use it. A store that fails keeps the pair in memory (never
+        dropped: its refresh token replaced the old one) and the call waits; the next
+        refresh saves it before anything else."""
+        for delay in (0.0, 0.5, 1.0, 2.0):
+            await asyncio.sleep(delay)
+            try:
+                await asyncio.to_thread(self._store.save, self.portal, fresh)
+                break
+            except Exception as exc:  # noqa: BLE001 - any store failure: kept, retried
+                logger.warning(
+                    "saving refreshed OAuth tokens failed (%s); kept in memory, retrying",
+                    type(exc).__name__,
+                    extra={"portal": self.portal},
+                )
+        else:
+            raise TransientError(
+                f"the token store did not take the refreshed pair of portal {self.portal!r}; "
+                "it is kept and saved before it is used",
+                code="TOKEN_SAVE_FAILED",
+            )
+        self._unsaved = None
+        self._tokens = fresh
+        self._count("ok")
+        logger.info("refreshed OAuth tokens", extra={"portal": self.portal})
+        return fresh
 
     def _count(self, result: str) -> None:
         if callable(self._on_refresh):

@@ -290,23 +290,38 @@ def test_the_new_pair_is_saved_before_it_is_used() -> None:
     assert in_use_at_save == [OLD]
 
 
-def test_a_pair_that_could_not_be_saved_is_not_used() -> None:
+def test_a_pair_that_could_not_be_saved_is_kept_not_used_and_saved_on_the_next_try(
+    retry_delays: list[float],
+) -> None:
+    """Its refresh token replaced the old one: losing the pair would lock the portal out.
+    It stays in memory, unused, and the next refresh saves it without asking the OAuth
+    server again (the old refresh token is spent)."""
     server, store = OAuthServer(), ReplicaStore()
+    down = True
 
-    def broker_down(_pair: TokenSet) -> None:
-        raise OSError("token save not acknowledged")
+    def broker(_pair: TokenSet) -> None:
+        if down:
+            raise OSError("token save not acknowledged")
 
-    store.on_save = broker_down
+    store.on_save = broker
 
     async def scenario() -> None:
+        nonlocal down
         async with client(server) as http:
             tokens, results = tokens_for(store, http)
-            with pytest.raises(OSError, match="not acknowledged"):
+            with pytest.raises(TransientError, match="kept and saved before it is used"):
                 await tokens.refresh(OLD.access_token)
-            assert tokens.current() == OLD
-            assert results == []
+            assert tokens.current() == OLD, "not used before it is saved"
+            assert results == [] and len(server.requests) == 1
+            down = False
+            fresh = await tokens.refresh(OLD.access_token)
+            assert fresh.access_token == OAuthServer.pair("p1", 1).access_token
+            assert tokens.current() == fresh and store.load("p1") == fresh
+            assert len(server.requests) == 1, "the spent refresh token was not sent again"
+            assert results == ["ok"]
 
     run(scenario)
+    assert retry_delays.count(0.5) >= 1  # the save was retried before giving up
 
 
 def test_a_refresh_already_done_by_another_call_is_not_repeated() -> None:
