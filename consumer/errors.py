@@ -7,6 +7,7 @@ ConsumerError
 │   ├── UnknownSchema                   registry id / fingerprint not known
 │   └── SchemaMismatch                  bytes do not match the writer schema
 ├── RegistryUnavailable                 transient: wait and retry, never dead-letter
+├── TransactionStuck                    a Kafka commit blocks for good: exit, restart restores
 └── BitrixError                         a Bitrix24 call failed (`error_class` says how)
     ├── PermanentError                  ERROR_ARGUMENT, NOT_ACTIVE_LINE, ...: dead-letter
     ├── CausalWait                      CHAT_RENAMING_FAILED before a session: hold
@@ -70,6 +71,14 @@ class SchemaMismatch(PoisonRecord):
 
 class RegistryUnavailable(ConsumerError):
     """The schema registry did not answer; the record waits, it is not poison."""
+
+
+class TransactionStuck(ConsumerError):
+    """A Kafka transaction did not finish long after its timeout (librdkafka can block in
+    commit when a coordinator goes away). The process exits without waiting for it; the
+    next instance fences the stuck producer and restores from the changelog."""
+
+    exit_code = 3
 
 
 class BitrixError(ConsumerError):

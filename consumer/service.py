@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import faulthandler
 import gc
 import logging
+import os
 import signal
 import threading
 from types import FrameType
@@ -13,6 +15,7 @@ from consumer import __version__
 from consumer.bitrix.oauth import TokenStore
 from consumer.dispatch.dispatcher import Dispatcher
 from consumer.engine.engine import Engine
+from consumer.errors import TransactionStuck
 from consumer.inbound.service import InboundInService
 from consumer.kafka.tokens import token_store_for
 from consumer.observability.health import OpsServer
@@ -78,8 +81,17 @@ def run_service(settings: Settings) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    # `kill -USR1 <pid>` prints every thread's stack to stderr: what a stuck pod is doing.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         engine.run()
+    except TransactionStuck as exc:
+        # The committer thread is blocked inside librdkafka: an orderly exit would wait for
+        # it (interpreter shutdown joins it). Nothing is lost: the transaction was not
+        # committed, and the next instance fences it and restores from the changelog.
+        logger.critical("%s", exc)
+        logging.shutdown()
+        os._exit(TransactionStuck.exit_code)
     finally:
         ops.stop()
         inbound.stop()

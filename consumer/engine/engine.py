@@ -37,7 +37,7 @@ from consumer.engine.outputs import Outputs
 from consumer.engine.partition import BACKPRESSURE, REGISTRY, RESTORING, Held, Partition
 from consumer.engine.requests import Requests
 from consumer.engine.restorer import Restorer
-from consumer.errors import PoisonRecord, RegistryUnavailable
+from consumer.errors import PoisonRecord, RegistryUnavailable, TransactionStuck
 from consumer.kafka.clients import consumer_config, producer_config
 from consumer.kafka.records import REDRIVE_HEADER, record_headers, record_position
 from consumer.kafka.topics import Topics
@@ -49,6 +49,8 @@ from consumer.store.changelog import PartitionStore
 logger = logging.getLogger(__name__)
 
 REGISTRY_RETRY_S = (0.5, 30.0)  # first and longest wait before a record is read again
+# A commit running this long is stuck (twice transaction.timeout.ms): give up.
+STUCK_COMMIT_S = 60.0
 
 
 @dataclass(slots=True)
@@ -98,6 +100,7 @@ class Engine:
         self._writer_id = uuid.uuid4().hex[:12]  # names this run's blocks of call bodies
         self._record_limit = 1_000_000
         self._source_partitions = 1
+        self._stuck = False
         self.started = threading.Event()
 
     # -- life cycle ------------------------------------------------------------------------
@@ -158,6 +161,10 @@ class Engine:
             self._close()
 
     def _close(self) -> None:
+        if self._stuck:  # every Kafka call would wait for the stuck commit: leave now
+            self.dispatcher.stop()
+            self.metrics.ready.set(0)
+            return
         consumer, writer = self._consumer, self.writer
         if writer is not None:
             try:  # the producer must be idle before anything else touches it
@@ -233,6 +240,14 @@ class Engine:
         # leave when it is done, and the next round is planned then.
         if self.writer.committing:
             self._settle(wait=False)
+            stuck = self.writer.commit_age()
+            if stuck > STUCK_COMMIT_S:
+                self._stuck = True
+                raise TransactionStuck(
+                    f"a Kafka transaction has been committing for {stuck:.0f}s, long past "
+                    "transaction.timeout.ms; exiting so that the next instance fences it and "
+                    "restores from the changelog"
+                )
         if not self.writer.committing:
             batches = self.requests.plan()
             interval = self.settings.engine.commit_interval_ms / 1000

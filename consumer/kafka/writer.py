@@ -98,6 +98,15 @@ class TransactionalWriter(Generic[P]):
         """True while a commit runs on the committer thread."""
         return self._committing is not None
 
+    def commit_age(self) -> float:
+        """Seconds the commit under way has run (0 when none runs). librdkafka can block in
+        a transactional call past its timeout when a coordinator goes away (librdkafka#5511):
+        the caller gives up on such a process rather than wait for ever."""
+        pending = self._committing
+        if pending is None or pending.done.done():
+            return 0.0
+        return self._clock() - pending.started
+
     def produce(
         self,
         topic: str,
