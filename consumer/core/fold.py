@@ -36,7 +36,7 @@ from consumer.core.mapping import (
 )
 from consumer.core.ordering import forget_event_id
 from consumer.core.ranges import RangeSet
-from consumer.core.state import IN_FLIGHT, QUEUED, ChatState, PendingCall
+from consumer.core.state import IN_FLIGHT, QUEUED, ChatState, PendingCall, PortalChat
 
 _DELETED_MEMORY = 32
 _USER_METHODS = frozenset({SEND, UPDATE, DELETE})  # their element carries the user block
@@ -205,11 +205,15 @@ def _on_rename(state: ChatState, event: ChatEvent, call: PendingCall, now_ms: in
 def on_success(
     state: ChatState, call: PendingCall, result: dict[str, Any] | None, now_ms: int
 ) -> list[Outcome]:
-    """The head call succeeded: record it, open the session, release a held rename."""
+    """The head call succeeded: record it, open the session, remember where the chat lives
+    on the portal (a send's result), release a held rename."""
     _pop_head(state, call)
     state.last_activity_ms = now_ms
     if call.method == SEND:
         state.session = True
+        where = (state.portal or PortalChat()).updated(result)
+        if where != PortalChat():
+            state.portal = where
         if state.held_rename is not None:
             held = state.held_rename
             state.held_rename = None
