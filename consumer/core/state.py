@@ -71,13 +71,13 @@ class PortalChat:
         if not result:
             return self
         return PortalChat(
-            _portal_id(result.get("session_id")) or self.session_id,
-            _portal_id(result.get("chat_id")) or self.chat_id,
-            _portal_id(result.get("user")) or self.user_id,
+            portal_id(result.get("session_id")) or self.session_id,
+            portal_id(result.get("chat_id")) or self.chat_id,
+            portal_id(result.get("user")) or self.user_id,
         )
 
 
-def _portal_id(value: Any) -> int:
+def portal_id(value: Any) -> int:
     """A portal's numeric id (answered as a string or a number); 0 for anything else."""
     if isinstance(value, bool):
         return 0
