@@ -198,6 +198,20 @@ class EngineSettings(BaseModel):
     chat_ttl_s: float = Field(default=7 * 86400.0, gt=0)
     commit_interval_ms: int = Field(default=50, ge=1)
     unknown_outcome_policy: Literal["resend", "dead-letter"] = "resend"
+    reconcile_sends: bool = Field(
+        default=True,
+        description="look a send of unknown outcome (in flight at a crash, or a timeout, "
+        "reset, 5xx or unreadable answer after it left) up on the portal "
+        "(imopenlines.session.history.get) and resend it only if it is missing; "
+        "unknown_outcome_policy applies when it cannot be looked up, or to every such "
+        "send when this is off",
+    )
+    reconcile_settle_s: float = Field(
+        default=65.0,
+        ge=0,
+        description="wait this long before looking a send up, so the portal has finished "
+        "the request (Bitrix24 cuts a request off after 60 s)",
+    )
     send_status_reading: bool = Field(
         default=False,
         description="send ReadConfirmed as imconnector.send.status.reading: the server does "
