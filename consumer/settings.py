@@ -212,6 +212,13 @@ class EngineSettings(BaseModel):
         description="wait this long before looking a send up, so the portal has finished "
         "the request (Bitrix24 cuts a request off after 60 s)",
     )
+    reconcile_max_sends: int = Field(
+        default=8,
+        ge=1,
+        description="a send that went out this many times, its outcome unknown each time, "
+        "is not sent again when the lookup finds it missing (or cannot tell): it is "
+        "dead-lettered as exhausted and its chat parks, as a call whose retries ran out",
+    )
     send_status_reading: bool = Field(
         default=False,
         description="send ReadConfirmed as imconnector.send.status.reading: the server does "
