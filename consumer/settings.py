@@ -212,12 +212,13 @@ class EngineSettings(BaseModel):
         description="wait this long before looking a send up, so the portal has finished "
         "the request (Bitrix24 cuts a request off after 60 s)",
     )
-    reconcile_max_sends: int = Field(
-        default=8,
+    reconcile_max_sends: int | None = Field(
+        default=None,
         ge=1,
         description="a send that went out this many times, its outcome unknown each time, "
         "is not sent again when the lookup finds it missing (or cannot tell): it is "
-        "dead-lettered as exhausted and its chat parks, as a call whose retries ran out",
+        "dead-lettered as exhausted and its chat parks, as a call whose retries ran out; "
+        "unset: retry.max_attempts",
     )
     send_status_reading: bool = Field(
         default=False,
@@ -419,6 +420,13 @@ class Settings(BaseSettings):
             )
         if basic and self.schema_registry_bearer_token:
             raise ValueError("schema registry: set basic auth or a bearer token, not both")
+        return self
+
+    @model_validator(mode="after")
+    def _reconcile_budget(self) -> Settings:
+        """A send in doubt is sent again as often as a call is retried, unless set."""
+        if self.engine.reconcile_max_sends is None:
+            self.engine.reconcile_max_sends = self.retry.max_attempts
         return self
 
     @model_validator(mode="after")

@@ -37,13 +37,17 @@ from consumer.core.state import IN_FLIGHT, ChatState, PendingCall
 from consumer.dispatch.dispatcher import UNKNOWN_OUTCOME, CallResult
 from consumer.engine.outputs import Outputs
 from consumer.engine.partition import Held, Partition, event_of, offset_of
-from consumer.engine.reconciler import Failure
+from consumer.engine.reconciler import Failure, Reconciliation
 from consumer.engine.requests import Requests
 from consumer.kafka.records import REDRIVE_HEADER
 from consumer.observability.metrics import Metrics
-from consumer.settings import EngineSettings
+from consumer.settings import EngineSettings, RetrySettings
 
 logger = logging.getLogger(__name__)
+
+# Sends of a send in doubt when `reconcile_max_sends` is unset (`Settings` fills it in
+# from `retry.max_attempts`; an `EngineSettings` on its own falls back to the default).
+DEFAULT_MAX_SENDS: int = RetrySettings.model_fields["max_attempts"].default
 
 
 def pending_of(state: ChatState) -> int:
@@ -67,6 +71,7 @@ class ChatFlow:
         self._outputs = outputs
         self._requests = requests
         self._reconciler = requests.reconciler
+        self._reconciler.on_verdict = self._verdict_without_reads
         self._now_ms = now_ms
         self.fold_config = FoldConfig(
             rename_wait_timeout_ms=int(settings.rename_wait_timeout_s * 1000),
@@ -226,15 +231,16 @@ class ChatFlow:
         error: Failure | None = None,
     ) -> None:
         """The head send's outcome is unknown: look it up on the portal before anything is
-        sent again (its chat waits), or let the fallback decide at once when there is
-        nothing to look up."""
-        verdict = (
+        sent again (its chat waits; with nothing to look it up by, the fallback decides
+        after the same settle delay)."""
+        if self._settings.reconcile_sends:
             self._reconciler.start(part, chat, call, state, cause, error)
-            if self._settings.reconcile_sends
-            else Verdict("fallback", "disabled")
-        )
-        if verdict is not None:
-            self._decide(part, chat, call, verdict, cause, error)
+        else:
+            self._decide(part, chat, call, Verdict("fallback", "disabled"), cause, error)
+
+    def _verdict_without_reads(self, found: Reconciliation, verdict: Verdict) -> None:
+        """A send with nothing to look it up by, once its settle delay ended."""
+        self._decide(found.part, found.chat, found.call, verdict, found.cause, found.error)
 
     def _read(self, part: Partition, result: CallResult) -> None:
         """A read looking a send up came back: the next read, or the verdict."""
@@ -280,7 +286,8 @@ class ChatFlow:
         resend = verdict.outcome == "missing" or (
             verdict.outcome == "fallback" and policy == "resend"
         )
-        if resend and call.attempts >= self._settings.reconcile_max_sends:
+        limit = self._settings.reconcile_max_sends or DEFAULT_MAX_SENDS
+        if resend and call.attempts >= limit:
             count(result="exhausted").inc()
             code, message, status = error or (None, None, None)
             call.first_failure_ms = call.first_failure_ms or now_ms

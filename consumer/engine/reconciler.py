@@ -7,9 +7,12 @@ first a settle delay, so the portal has finished the request (Bitrix24 cuts one 
 60 s), then the reads its `consumer.bitrix.readback.Lookup` asks for, which queue like
 any call (grouped per portal/connector/line, many chats' reads in one REST `batch`,
 through the same slots, limits and OAuth), until the lookup gives its verdict; the chat's
-flow (`consumer.engine.chats`) applies that. While its chat waits here, the send stays the
-head of the chat's outbox, marked in flight, and the chat's later calls wait behind it;
-other chats flow on.
+flow (`consumer.engine.chats`) applies that. A send with nothing to look it up by waits
+the settle delay too before its fallback is applied (`on_verdict`): a portal answering
+every send with a 5xx is then tried at that pace, not in a tight loop.
+
+While its chat waits here, the send stays the head of the chat's outbox, marked in flight,
+and the chat's later calls wait behind it; other chats flow on.
 
 Nothing here is written to Kafka: after a crash the send is still in flight in the
 changelog, so its lookup simply starts again.
@@ -20,6 +23,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from consumer.bitrix.readback import Lookup, Read, Step, Verdict
@@ -47,7 +51,7 @@ class Reconciliation:
     error: Failure | None  # what the send's last request was answered (cause "answer")
     lookup: Lookup
     due: float  # monotonic: the settle delay ends and the first read queues
-    ready: Read | None = None  # the read waiting for a request
+    ready: Step | None = None  # the read waiting for a request, or the verdict already known
     probe: PendingCall | None = None  # the read in a request
     reads: int = field(default=0)
 
@@ -57,6 +61,9 @@ class Reconciler:
 
     def __init__(self, settings: EngineSettings) -> None:
         self.settle_s = settings.reconcile_settle_s
+        # Applies a verdict known without a read, once its settle delay ended (the chat's
+        # flow sets it).
+        self.on_verdict: Callable[[Reconciliation, Verdict], None] = lambda found, verdict: None
         self._chats: dict[ChatRef, Reconciliation] = {}
         self._probes: dict[int, Reconciliation] = {}  # id(read call) -> its chat's lookup
         self._settling: list[tuple[float, int, Reconciliation]] = []
@@ -78,29 +85,31 @@ class Reconciler:
         state: ChatState,
         cause: str,
         error: Failure | None = None,
-    ) -> Verdict | None:
-        """Begin looking `call` (the chat's head send) up; a verdict when there is nothing
-        to read (the fallback decides then), else None and the chat waits."""
+    ) -> None:
+        """Begin looking `call` (the chat's head send) up: the chat waits the settle
+        delay, then its first read queues (or, with nothing to read, `on_verdict`)."""
         _, connector, line, chat_id = chat.split("|", 3)
         lookup = Lookup(call.element, state.portal, connector, int(line), chat_id)
-        first = lookup.first()
-        if isinstance(first, Verdict):
-            return first
         due = time.monotonic() + self.settle_s
-        found = Reconciliation(part, chat, call, cause, error, lookup, due, ready=first)
+        found = Reconciliation(part, chat, call, cause, error, lookup, due, ready=lookup.first())
         self._chats[(part.key, chat)] = found
         heapq.heappush(self._settling, (due, next(self._order), found))
-        return None
 
     def release(self, now: float) -> list[tuple[Partition, str, str]]:
         """`(partition, chat, read method)` of the lookups whose settle delay ended: their
-        first read is to be queued."""
+        first read is to be queued; a verdict known without a read is applied now."""
         out: list[tuple[Partition, str, str]] = []
         if not self._settling or self._settling[0][0] > now:
             return out
         while self._settling and self._settling[0][0] <= now + TOGETHER_S:
             _, _, found = heapq.heappop(self._settling)
-            if self._chats.get((found.part.key, found.chat)) is found and found.ready:
+            ref = (found.part.key, found.chat)
+            if self._chats.get(ref) is not found:
+                continue
+            if isinstance(found.ready, Verdict):
+                del self._chats[ref]
+                self.on_verdict(found, found.ready)
+            elif found.ready is not None:
                 out.append((found.part, found.chat, found.ready.method))
         return out
 
@@ -110,7 +119,7 @@ class Reconciler:
         if found is None or found.part is not part:
             return None
         read = found.ready
-        if read is None or read.method != method:
+        if not isinstance(read, Read) or read.method != method:
             return None
         call = found.call
         probe = PendingCall(

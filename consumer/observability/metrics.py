@@ -210,7 +210,8 @@ class Metrics:
             "Sends of unknown outcome looked up on the portal, by result: present (it had "
             "taken effect), resent (it was missing, sent again), fallback (the lookup could "
             "not tell; unknown_outcome_policy decided), exhausted (sent reconcile_max_sends "
-            "times without a known outcome: dead-lettered, its chat parked).",
+            "(retry.max_attempts) times without a known outcome: dead-lettered, its chat "
+            "parked).",
             ["result"],
             registry=r,
         )
