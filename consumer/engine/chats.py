@@ -45,8 +45,8 @@ from consumer.settings import EngineSettings, RetrySettings
 
 logger = logging.getLogger(__name__)
 
-# Sends of a send in doubt when `reconcile_max_sends` is unset (`Settings` fills it in
-# from `retry.max_attempts`; an `EngineSettings` on its own falls back to the default).
+# How often a send in doubt may go out when `reconcile_max_sends` is unset (`Settings`
+# fills it in from `retry.max_attempts`; an `EngineSettings` on its own has this default).
 DEFAULT_MAX_SENDS: int = RetrySettings.model_fields["max_attempts"].default
 
 
