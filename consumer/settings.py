@@ -204,6 +204,28 @@ class EngineSettings(BaseModel):
     chat_ttl_s: float = Field(default=7 * 86400.0, gt=0)
     commit_interval_ms: int = Field(default=50, ge=1)
     unknown_outcome_policy: Literal["resend", "dead-letter"] = "resend"
+    reconcile_sends: bool = Field(
+        default=True,
+        description="look a send of unknown outcome (in flight at a crash, or a timeout, "
+        "reset, 5xx or unreadable answer after it left) up on the portal "
+        "(imopenlines.session.history.get) and resend it only if it is missing; "
+        "unknown_outcome_policy applies when it cannot be looked up, or to every such "
+        "send when this is off",
+    )
+    reconcile_settle_s: float = Field(
+        default=65.0,
+        ge=0,
+        description="wait this long before looking a send up, so the portal has finished "
+        "the request (Bitrix24 cuts a request off after 60 s)",
+    )
+    reconcile_max_sends: int | None = Field(
+        default=None,
+        ge=1,
+        description="a send that went out this many times, its outcome unknown each time, "
+        "is not sent again when the lookup finds it missing (or cannot tell): it is "
+        "dead-lettered as exhausted and its chat parks, as a call whose retries ran out; "
+        "unset: retry.max_attempts",
+    )
     send_status_reading: bool = Field(
         default=False,
         description="send ReadConfirmed as imconnector.send.status.reading: the server does "
@@ -404,6 +426,13 @@ class Settings(BaseSettings):
             )
         if basic and self.schema_registry_bearer_token:
             raise ValueError("schema registry: set basic auth or a bearer token, not both")
+        return self
+
+    @model_validator(mode="after")
+    def _reconcile_budget(self) -> Settings:
+        """A send in doubt is sent again as often as a call is retried, unless set."""
+        if self.engine.reconcile_max_sends is None:
+            self.engine.reconcile_max_sends = self.retry.max_attempts
         return self
 
     @model_validator(mode="after")

@@ -16,7 +16,10 @@ Rules:
   (`consumer.core.mapping.chat_user_block`), so an event without `user` never blanks the
   customer's profile on the portal;
 * when a call exhausts its retries the chat is parked: its later events are dead-lettered
-  in order (class `parked`) until a redrive replays the chat.
+  in order (class `parked`) until a redrive replays the chat;
+* a send whose outcome is unknown is looked up on the portal (`on_lookup`): found, it took
+  effect; missing, it is sent again; when the lookup cannot tell, the unknown outcome
+  policy decides (resend, or dead-letter for a human).
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from consumer.core.mapping import (
 )
 from consumer.core.ordering import forget_event_id
 from consumer.core.ranges import RangeSet
-from consumer.core.state import IN_FLIGHT, QUEUED, ChatState, PendingCall
+from consumer.core.state import IN_FLIGHT, QUEUED, ChatState, PendingCall, PortalChat
 
 _DELETED_MEMORY = 32
 _USER_METHODS = frozenset({SEND, UPDATE, DELETE})  # their element carries the user block
@@ -205,11 +208,15 @@ def _on_rename(state: ChatState, event: ChatEvent, call: PendingCall, now_ms: in
 def on_success(
     state: ChatState, call: PendingCall, result: dict[str, Any] | None, now_ms: int
 ) -> list[Outcome]:
-    """The head call succeeded: record it, open the session, release a held rename."""
+    """The head call succeeded: record it, open the session, remember where the chat lives
+    on the portal (a send's result), release a held rename."""
     _pop_head(state, call)
     state.last_activity_ms = now_ms
     if call.method == SEND:
         state.session = True
+        where = (state.portal or PortalChat()).updated(result)
+        if where != PortalChat():
+            state.portal = where
         if state.held_rename is not None:
             held = state.held_rename
             state.held_rename = None
@@ -322,6 +329,42 @@ def on_restore(state: ChatState, policy: str) -> list[Outcome]:
         ]
     head.status = QUEUED
     return [Outcome(head, "ambiguous_resent", code="UNKNOWN_OUTCOME")]
+
+
+def on_lookup(
+    state: ChatState,
+    call: PendingCall,
+    verdict: str,
+    result: dict[str, Any] | None,
+    policy: str,
+    reason: str,
+    now_ms: int,
+) -> list[Outcome]:
+    """The head send, whose outcome was unknown, was looked up on the portal.
+
+    `present`: it took effect (as `on_success`, `result` naming where the chat lives);
+    `missing`: it never did, and goes out again (queued at the head, nothing recorded
+    beyond the resend); `fallback`: the lookup could not tell (`reason`), so `policy`
+    decides: `resend` queues it again (the caller records `ambiguous_resent`),
+    `dead-letter` hands it to a human.
+    """
+    if verdict == "present":
+        return on_success(state, call, result, now_ms)
+    if verdict == "fallback" and policy == "dead-letter":
+        _pop_head(state, call)
+        state.last_activity_ms = now_ms
+        return [
+            _dead(
+                state,
+                call,
+                "ambiguous",
+                "UNKNOWN_OUTCOME",
+                f"the send's outcome is unknown and looking it up on the portal failed "
+                f"({reason}); check the chat before redriving",
+            )
+        ]
+    call.status = QUEUED
+    return []
 
 
 def _pop_head(state: ChatState, call: PendingCall) -> None:

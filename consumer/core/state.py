@@ -1,7 +1,9 @@
 """Per-chat state (event sourcing): the outbox of pending calls, watermark, session, dedup.
 
 Pure data. An idle chat holds a handful of small fields, so memory stays bounded by active
-chats (idle ones expire by TTL). How a state is written to the changelog topic is
+chats (idle ones expire by TTL). `PortalChat` is where the chat lives on the portal (session,
+chat and customer ids its last successful send was answered with), what a send of unknown
+outcome is looked up by. How a state is written to the changelog topic is
 `consumer.store`'s business alone; the chat's `user` block goes there as the compact list
 of `user_to_list` (the fixed field order of `USER_FIELDS`, so the block rebuilt is the one
 sent before, key order included: the portal hashes it).
@@ -52,6 +54,40 @@ class PendingCall:
         return self.origin[2]
 
 
+@dataclass(frozen=True, slots=True)
+class PortalChat:
+    """Where a chat lives on the portal: the Open Lines session `ID` and `CHAT_ID` and the
+    Bitrix user id (`user`) of the customer, as a successful send answered them; 0 where
+    not known. A read-back of the chat's messages needs them (`consumer.bitrix.readback`)."""
+
+    session_id: int = 0
+    chat_id: int = 0
+    user_id: int = 0
+
+    def updated(self, result: dict[str, Any] | None) -> PortalChat:
+        """This, with what a send's element result (`session_id`, `chat_id`, `user`) names;
+        a result without a session (the portal answers none when the message went into a
+        closed session) keeps the ids known before."""
+        if not result:
+            return self
+        return PortalChat(
+            portal_id(result.get("session_id")) or self.session_id,
+            portal_id(result.get("chat_id")) or self.chat_id,
+            portal_id(result.get("user")) or self.user_id,
+        )
+
+
+def portal_id(value: Any) -> int:
+    """A portal's numeric id (answered as a string or a number); 0 for anything else."""
+    if isinstance(value, bool):
+        return 0
+    if isinstance(value, int):
+        return max(value, 0)
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        return int(value)
+    return 0
+
+
 @dataclass(slots=True)
 class ChatState:
     """Everything the service remembers about one chat."""
@@ -59,6 +95,7 @@ class ChatState:
     watermark: int = 0  # highest sequence decided (applied, skipped or dead-lettered)
     session: bool = False  # a send succeeded, so the chat has an Open Lines session
     user: dict[str, Any] | None = None  # the last whole `user` block (its id: USER_ID)
+    portal: PortalChat | None = None  # where the chat lives on the portal, once a send landed
     outbox: list[PendingCall] = field(default_factory=list)
     held_rename: PendingCall | None = None  # waits for the first successful send
     deleted: list[str] | None = None  # recently deleted external message ids

@@ -5,6 +5,12 @@ several chats, each chat at most once) and collects `BatchDone`s. Here live the 
 policies: the leaky bucket, the operating budget, the circuit breaker, retries with
 exponential backoff and full jitter, the token refresh (in the client), and the mapping
 of per-element results back to their events.
+
+Reads that look a send of unknown outcome up (`consumer.bitrix.readback.READ_METHODS`)
+are calls too: several chats' reads share one REST `batch` request, and each comes back
+with its `result`. With reconciliation on (`reconcile_sends`) a send whose outcome is
+unknown (a timeout, reset, 5xx or unreadable answer after it left) is not sent again
+here: it comes back as `UNKNOWN_OUTCOME`, and the engine looks it up before it resends.
 """
 
 from __future__ import annotations
@@ -19,10 +25,18 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Self
 
-from consumer.bitrix.classify import batch_results, element_result_data, element_results
+from consumer.bitrix.classify import (
+    AUTH_CODES,
+    THROTTLED_CODES,
+    TRANSIENT_CODES,
+    batch_results,
+    element_result_data,
+    element_results,
+)
 from consumer.bitrix.client import BitrixClient, batch_safe
 from consumer.bitrix.limits import CircuitBreaker, OperatingBudget, PortalRateLimiter
 from consumer.bitrix.oauth import TokenStore
+from consumer.bitrix.readback import READ_METHODS
 from consumer.core.mapping import BATCHABLE, RENAME, SEND
 from consumer.core.state import PendingCall
 from consumer.errors import (
@@ -41,6 +55,22 @@ from consumer.settings import RetrySettings, Settings
 logger = logging.getLogger(__name__)
 
 BATCH_LIMIT = 50  # sub-calls per REST `batch` request (reference §1 item 8)
+# A read's sub-call that failed with one of these is run again on its own (classified,
+# retried, refreshed there); any other refusal of a read is final.
+RETRIED_IN_BATCH = (
+    THROTTLED_CODES
+    | AUTH_CODES
+    | TRANSIENT_CODES
+    | {
+        "MISSING_ELEMENT_RESULT",
+        "BATCH_SUBCALL_FAILED",
+        "ERROR_BATCH_METHOD_NOT_ALLOWED",
+        "ERROR_BATCH_LENGTH_EXCEEDED",
+    }
+)
+# The error class of a send that may or may not have been applied, handed back to be
+# looked up on the portal (reconciliation on) instead of being resent here.
+UNKNOWN_OUTCOME = "unknown_outcome"
 # A portal answering one of these (for the whole batch or a sub-call) does not run
 # `imconnector.*` inside `batch`; whether real portals do is unconfirmed (reference §1.8).
 BATCH_REFUSED = frozenset(
@@ -125,6 +155,8 @@ class DispatchPort(Protocol):
 
 
 def _params(batch: Batch, elements: list[dict[str, Any]]) -> dict[str, Any]:
+    if batch.method in READ_METHODS:  # a chat's read names what it reads, nothing else
+        return dict(elements[0])
     if batch.method in BATCHABLE:
         return {"CONNECTOR": batch.connector, "LINE": batch.line, "MESSAGES": elements}
     return {"CONNECTOR": batch.connector, "LINE": batch.line, **elements[0]}
@@ -145,6 +177,7 @@ class Dispatcher:
         *,
         max_in_flight: int = 32,
         unknown_outcome_policy: str = "resend",
+        reconcile_sends: bool = False,
         operating_limit: float = 480.0,
         batch_renames: bool = True,
     ) -> None:
@@ -154,6 +187,7 @@ class Dispatcher:
         self._metrics = metrics
         self._max_in_flight = max_in_flight
         self._policy = unknown_outcome_policy
+        self._reconcile = reconcile_sends
         self._operating_limit = operating_limit
         self._done: queue.SimpleQueue[BatchDone] = queue.SimpleQueue()
         self._loop = asyncio.new_event_loop()
@@ -197,6 +231,7 @@ class Dispatcher:
             metrics,
             max_in_flight=settings.engine.max_in_flight_requests,
             unknown_outcome_policy=settings.engine.unknown_outcome_policy,
+            reconcile_sends=settings.engine.reconcile_sends,
             batch_renames=settings.engine.batch_renames,
             **extra,
         )
@@ -448,9 +483,9 @@ class Dispatcher:
         ambiguous = False
         _, budget, breaker = self._portal_policies(batch.portal)
         limiter = self._limiters[batch.portal]
-        # Renames take no array: several go out as sub-calls of one REST `batch` request,
-        # unless a value holds what `batch` would rewrite (`$result[...]`, ...).
-        batched = method == RENAME and len(calls) > 1
+        # Renames and reads take no array: several go out as sub-calls of one REST `batch`
+        # request, unless a value holds what `batch` would rewrite (`$result[...]`, ...).
+        batched = (method == RENAME or method in READ_METHODS) and len(calls) > 1
         if batched and not all(batch_safe(c.element) for c in calls):
             return await self._one_by_one(batch, calls, keys)
         request_method = "batch" if batched else method
@@ -490,7 +525,12 @@ class Dispatcher:
                 self._count_request(request_method, exc.http_status, started)
                 breaker.record(False, time.monotonic())
                 if method == SEND:
-                    self._metrics.ambiguous_sends.labels(policy=self._policy).inc(len(calls))
+                    policy = "reconcile" if self._reconcile else self._policy
+                    self._metrics.ambiguous_sends.labels(policy=policy).inc(len(calls))
+                    if self._reconcile:  # looked up on the portal before anything is resent
+                        return self._all_failed(
+                            keys, calls, UNKNOWN_OUTCOME, exc, attempts, ambiguous
+                        )
                     if self._policy == "dead-letter":
                         # A human decides; nothing is resent, so no `ambiguous_resent` record.
                         return self._all_failed(keys, calls, "ambiguous", exc, attempts, ambiguous)
@@ -514,7 +554,8 @@ class Dispatcher:
                 breaker.record(True, time.monotonic())
                 if batched:
                     # The portal did not take the batch as such: each call on its own.
-                    self._note_batch_refusal(batch.portal, exc.code)
+                    if method == RENAME:
+                        self._note_batch_refusal(batch.portal, exc.code)
                     return await self._one_by_one(batch, calls, keys)
                 if (
                     len(calls) > 1
@@ -556,6 +597,10 @@ class Dispatcher:
             if batched:
                 return await self._batch_outcomes(batch, body, calls, keys, attempts)
             budget.observe(method, body.get("time"), time.time(), time.monotonic())
+            if method in READ_METHODS:  # the read's answer goes back whole
+                answer = body.get("result")
+                data = answer if isinstance(answer, dict) else None
+                return [CallResult(keys[0], calls[0], True, data, attempts=attempts)]
             per_element = element_results(body, len(calls))
             out: list[CallResult] = []
             for index, (key, call, (ok, code, error)) in enumerate(
@@ -596,10 +641,12 @@ class Dispatcher:
         keys: list[str],
         attempts: int,
     ) -> list[CallResult]:
-        """Results of a REST `batch` of renames; a failed sub-call is re-run on its own.
+        """Results of a REST `batch` of renames or reads; a failed sub-call is re-run on
+        its own (a read the portal refused is final at once).
 
-        Renames are idempotent, so the re-run is safe, and it goes through the same
-        classification, retries and causal wait as any single call.
+        Renames and reads are idempotent, so the re-run is safe, and it goes through the
+        same classification, retries and causal wait as any single call. A read's result
+        is its sub-call's `result`.
         """
         subs = batch_results(body, len(calls))
         result = body.get("result")
@@ -608,12 +655,32 @@ class Dispatcher:
             _, budget, _ = self._portal_policies(batch.portal)
             last = list(times.values())[-1]
             budget.observe(batch.method, last, time.time(), time.monotonic())
+        reads = batch.method in READ_METHODS
+        answers = result.get("result") if isinstance(result, dict) else None
         out: list[CallResult] = []
-        for key, call, (ok, code, _) in zip(keys, calls, subs, strict=True):
+        for index, (key, call, (ok, code, text)) in enumerate(zip(keys, calls, subs, strict=True)):
             if ok:
-                out.append(CallResult(key, call, True, None, attempts=attempts))
+                answer = answers.get(f"c{index}") if reads and isinstance(answers, dict) else None
+                data = answer if isinstance(answer, dict) else None
+                out.append(CallResult(key, call, True, data, attempts=attempts))
                 continue
-            self._note_batch_refusal(batch.portal, code)
+            if reads and code not in RETRIED_IN_BATCH:
+                # A refusal (ACCESS_DENIED, no such method or session): final for a read.
+                out.append(
+                    CallResult(
+                        key,
+                        call,
+                        False,
+                        error_class="permanent",
+                        code=code,
+                        message=text,
+                        http_status=200,
+                        attempts=attempts,
+                    )
+                )
+                continue
+            if not reads:
+                self._note_batch_refusal(batch.portal, code)
             out.extend(await self._attempt(batch, [call], [key]))
         return out
 

@@ -205,6 +205,24 @@ class Metrics:
             ["policy"],
             registry=r,
         )
+        self.reconciliations = Counter(
+            f"{p}_send_reconciliations_total",
+            "Sends of unknown outcome looked up on the portal, by result: present (it had "
+            "taken effect), resent (it was missing, sent again), fallback (the lookup could "
+            "not tell; unknown_outcome_policy decided), exhausted (sent reconcile_max_sends "
+            "(retry.max_attempts) times without a known outcome: dead-lettered, its chat "
+            "parked).",
+            ["result"],
+            registry=r,
+        )
+        self.reconcile_fallbacks = Counter(
+            f"{p}_send_reconcile_fallbacks_total",
+            "Lookups of sends of unknown outcome that could not tell, by reason: no_user "
+            "(the chat's first send), session_closed, access_denied, method_missing, "
+            "read_error, unreadable, id_not_kept, disabled.",
+            ["reason"],
+            registry=r,
+        )
         self.transactions = Counter(
             f"{p}_transactions_total",
             "Kafka transactions by result (committed, aborted).",
@@ -311,6 +329,19 @@ class Metrics:
             self.token_refreshes.labels(result=result)
         for result in ("committed", "aborted"):
             self.transactions.labels(result=result)
+        for result in ("present", "resent", "fallback", "exhausted"):
+            self.reconciliations.labels(result=result)
+        for reason in (  # consumer.bitrix.readback.FALLBACK_REASONS
+            "disabled",
+            "id_not_kept",
+            "no_user",
+            "session_closed",
+            "access_denied",
+            "method_missing",
+            "read_error",
+            "unreadable",
+        ):
+            self.reconcile_fallbacks.labels(reason=reason)
         for reason in ("timeout", "chat_buffer_full", "buffers_full"):
             self.sequence_gaps.labels(reason=reason)
         for name in ("name", "last_name", "email"):

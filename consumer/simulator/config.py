@@ -9,6 +9,7 @@ from typing import Any
 import yaml
 
 from consumer.simulator.faults import FaultPhase, FaultSettings
+from consumer.simulator.sessions import ACCESS_LEVELS, OpenLinesAccess
 
 _FAULT_FIELDS = {
     # SimulatorConfig field → FaultSettings field
@@ -17,6 +18,7 @@ _FAULT_FIELDS = {
     "hang_rate": "hang_rate",
     "hang_seconds": "hang_seconds",
     "reset_rate": "reset_rate",
+    "split_write_rate": "split_write_rate",
     "fault_phase": "fault_phase",
     "fault_methods": "methods",
     "token_expiry_every": "token_expiry_every",
@@ -52,6 +54,11 @@ class SimulatorConfig:
     message, so renames fail with CHAT_RENAMING_FAILED until the next one; `moved_to`
     makes the portal answer `move_status` with `Location` on that base URL, as a portal
     whose domain changed does (b24pysdk `bitrix_token.py` handles that 302).
+    `openlines_access` says what the token's user may read back with
+    `imopenlines.session.history.get` / `imopenlines.dialog.get` (`simulator.sessions`):
+    every session (`all`, an administrator), only sessions it answered (`operator`), or
+    none (`none`: ACCESS_DENIED / ACCESS_ERROR); `readback_methods` False makes them
+    unknown methods (ERROR_METHOD_NOT_FOUND), as on a portal without them.
     """
 
     host: str = "127.0.0.1"
@@ -74,6 +81,8 @@ class SimulatorConfig:
     session_idle_close_s: float = 0.0  # an idle session closes after this long (0: never)
     moved_to: str | None = None  # the portal moved: /rest/ calls answer 3xx to this base URL
     move_status: int = 302
+    openlines_access: OpenLinesAccess = "all"
+    readback_methods: bool = True
     call_log_limit: int = 200_000
     # Faults (also settable at runtime through POST /_sim/faults).
     error_rate: float = 0.0
@@ -81,6 +90,7 @@ class SimulatorConfig:
     hang_rate: float = 0.0
     hang_seconds: float = 5.0
     reset_rate: float = 0.0
+    split_write_rate: float = 0.0
     fault_phase: FaultPhase = "before"
     fault_methods: list[str] | None = None
     token_expiry_every: int = 0
@@ -96,6 +106,10 @@ class SimulatorConfig:
             raise ValueError(f"language must be 'en' or 'ru', got {self.language!r}")
         if self.session_idle_close_s < 0:
             raise ValueError("session_idle_close_s must not be negative (0 = never)")
+        if self.openlines_access not in ACCESS_LEVELS:
+            raise ValueError(
+                f"openlines_access must be all, operator or none, got {self.openlines_access!r}"
+            )
         if self.move_status not in (301, 302, 307, 308):
             raise ValueError(f"move_status must be 301, 302, 307 or 308, got {self.move_status}")
         self.fault_settings()  # validates the fault fields

@@ -17,6 +17,9 @@ class FaultSettings:
     `fault_phase="before"`: the fault replaces the call and nothing is applied.
     `fault_phase="after"`: the call is applied, then its answer is lost or turned into a 500,
     the ambiguous outcome a client cannot tell from a failure.
+    `split_write_rate`: per message a send adds, the chance that the request dies between
+    adding it and storing its external id (`CONNECTOR_MID`): that message stays without
+    an id, the elements after it are not applied and the client gets a 500.
     """
 
     error_rate: float = 0.0
@@ -24,6 +27,7 @@ class FaultSettings:
     hang_rate: float = 0.0
     hang_seconds: float = 5.0
     reset_rate: float = 0.0
+    split_write_rate: float = 0.0
     fault_phase: FaultPhase = "before"
     methods: list[str] | None = None
     token_expiry_every: int = 0
@@ -33,7 +37,7 @@ class FaultSettings:
         self.validate()
 
     def validate(self) -> None:
-        for name in ("error_rate", "hang_rate", "reset_rate"):
+        for name in ("error_rate", "hang_rate", "reset_rate", "split_write_rate"):
             rate = getattr(self, name)
             if not 0.0 <= rate <= 1.0:
                 raise ValueError(f"{name} must be within [0, 1], got {rate!r}")
@@ -103,6 +107,13 @@ class FaultPlan:
         if roll < s.error_rate + s.hang_rate + s.reset_rate:
             return "reset"
         return None
+
+    def dies_between_writes(self, method: str) -> bool:
+        """Whether the request dies between a message and its id (`split_write_rate`)."""
+        rate = self.settings.split_write_rate
+        if rate <= 0.0 or not self.applies_to(method):
+            return False
+        return self._rng.random() < rate
 
     def token_expires_now(self) -> bool:
         """Every N-th authenticated call finds its access token expired (N = token_expiry_every)."""

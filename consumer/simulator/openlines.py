@@ -2,6 +2,12 @@
 
 Handlers take the upper-cased request parameters and return the method's `result`
 or raise `RestError`. No HTTP and no locking: the caller (Portal) serialises access.
+
+A message and its external id are two writes, as on the server: the message is added
+(`imopenlines/lib/connector.php::addMessage`, `:575`), then its `CONNECTOR_MID` is set
+(`:650`, after tracker work, no transaction), in the stored form `connector_mid` gives.
+`between_writes` is called between the two: a fault there kills the request and leaves
+the message without an id (reference `bitrix24-readback.md` §5 caveat 2).
 """
 
 from __future__ import annotations
@@ -172,6 +178,11 @@ class Chat:
     messages: list[ChatMessage] = field(default_factory=list)
     session_open: bool = True
     last_activity: float = 0.0
+    # Session ID -> [START_ID, END_ID] of the messages it covers (`imopenlines/lib/
+    # session.php:359-367, 485-494`): START_ID is the session's first message (0 until it
+    # has one), END_ID the last one once it closed (0 while open).
+    sessions: dict[int, list[int]] = field(default_factory=dict)
+    operator_id: int = 0  # the operator who answered (0: the session waits in the queue)
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -182,6 +193,7 @@ class Chat:
             "session_id": str(self.session_id),
             "session_open": self.session_open,
             "chat_id": str(self.chat_id),
+            "operator_id": self.operator_id,
             "name": self.name,
             "messages": [message.snapshot() for message in self.messages],
         }
@@ -276,6 +288,30 @@ def _block(element: dict[str, Any], name: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+class RequestDied(Exception):
+    """The request died between two writes (a fatal error, the 60 s cut-off): what it wrote
+    stays, nothing after it runs, and the client is answered HTTP 500."""
+
+
+# `CIMMessageParam::Set` trims a scalar value and keeps 100 characters
+# (`im/classes/general/im_message_param.php:142`); a longer one is stored as 97 characters
+# and "..." (`:195-198`, reference `bitrix24-readback.md` §1).
+CONNECTOR_MID_MAX = 100
+_PHP_TRIM = " \t\n\r\0\x0b"
+
+
+def connector_mid(value: Any) -> list[str]:
+    """What the portal stores as a message's `CONNECTOR_MID` for the external `message.id`
+    `value`: nothing for a PHP-falsy id (`connector.php:623` skips it), else the id trimmed
+    and cut to 100 characters."""
+    if php_empty(value) or isinstance(value, list | dict):
+        return []
+    stored = as_text(value).strip(_PHP_TRIM)
+    if len(stored) > CONNECTOR_MID_MAX:
+        stored = stored[: CONNECTOR_MID_MAX - 3] + "..."
+    return [stored] if stored else []
+
+
 class _ElementFailure(Exception):
     """One MESSAGES element failed (for these reasons); the call goes on with the next one."""
 
@@ -307,8 +343,13 @@ class OpenLines:
         self.users: dict[tuple[str, str], TechnicalUser] = {}
         self.chats: dict[str, Chat] = {}
         self.deliveries: list[dict[str, Any]] = []
+        # Called between a message's insert and its CONNECTOR_MID write; raises
+        # `RequestDied` when a fault kills the request there (set by the Portal).
+        self.between_writes: Callable[[], None] = lambda: None
         self._messages_by_im_id: dict[int, tuple[Chat, ChatMessage]] = {}
         self._chats_by_id: dict[int, Chat] = {}
+        self._chats_by_session: dict[int, Chat] = {}
+        self._users_by_id: dict[int, TechnicalUser] = {}
         self._user_ids = itertools.count(101)
         self._chat_ids = itertools.count(1701)
         self._session_ids = itertools.count(301)
@@ -353,6 +394,8 @@ class OpenLines:
         self.guest_overwrites = 0
         self._messages_by_im_id.clear()
         self._chats_by_id.clear()
+        self._chats_by_session.clear()
+        self._users_by_id.clear()
 
     def post_operator_message(self, chat_id: int, text: str, author_id: int = 1) -> dict[str, Any]:
         """An operator writes into a chat: the message waits ("sending") for send.status.delivery.
@@ -372,6 +415,8 @@ class OpenLines:
         )
         chat.messages.append(message)
         self._messages_by_im_id[message.im_id] = (chat, message)
+        if author_id and self.session_alive(chat):
+            chat.operator_id = author_id  # the operator who answers takes the session
         return {
             "im": {"chat_id": chat.chat_id, "message_id": message.im_id},
             "chat": {"id": chat.external_chat_id},
@@ -563,10 +608,9 @@ class OpenLines:
         chat = self._chat_for(connector, line, external_chat_id, user)
         if chat is None:
             chat = self._open_chat(connector, line, external_chat_id, user, chat_block)
-        elif not self._session_alive(chat):
+        elif not self.session_alive(chat):
             # The dialog closed: the next message opens a new session in the same chat.
-            chat.session_id = next(self._session_ids)
-            chat.session_open = True
+            self._new_session(chat)
         chat.last_activity = self.clock()
         author = php_intval(message.get("user_id")) or user.id
         # No lookup by message.id first: a repeated send adds a second message (§9.1).
@@ -576,10 +620,14 @@ class OpenLines:
             author_id=author,
             text=as_text(message.get("text")),
             files=list(files) if isinstance(files := message.get("files"), list) else [],
-            external_ids=[as_text(message["id"])] if not php_empty(message.get("id")) else [],
+            external_ids=[],
         )
         chat.messages.append(stored)
         self._messages_by_im_id[stored.im_id] = (chat, stored)
+        span = chat.sessions[chat.session_id]
+        span[0] = span[0] or stored.im_id
+        self.between_writes()  # a request that dies here leaves a message without its id
+        stored.external_ids = connector_mid(message.get("id"))
         reply.update(self._echo(element))
         reply["SUCCESS"] = True
         reply["session"] = {"ID": str(chat.session_id), "CHAT_ID": str(chat.chat_id)}
@@ -621,15 +669,37 @@ class OpenLines:
         # `Library::isEmpty`: the text "0" is text.
         return not library_is_empty(message.get("text")) or not php_empty(message.get("files"))
 
-    def _session_alive(self, chat: Chat) -> bool:
-        """Whether the chat's session is still open (it closes after the idle time)."""
+    def session_alive(self, chat: Chat) -> bool:
+        """Whether the chat's session is still open (it closes after the idle time, and its
+        END_ID is then the chat's last message)."""
         idle = self.session_idle_close_s
         if chat.session_open and idle > 0 and self.clock() - chat.last_activity >= idle:
             chat.session_open = False
+            span = chat.sessions[chat.session_id]
+            span[1] = chat.messages[-1].im_id if chat.messages else 0
+            chat.operator_id = 0
         return chat.session_open
 
+    def _new_session(self, chat: Chat) -> None:
+        chat.session_id = next(self._session_ids)
+        chat.session_open = True
+        chat.sessions[chat.session_id] = [0, 0]
+        self._chats_by_session[chat.session_id] = chat
+
+    def chat_of_session(self, session_id: int) -> Chat | None:
+        """The chat a session ID belongs to, if any."""
+        return self._chats_by_session.get(session_id)
+
+    def chat_by_id(self, chat_id: int) -> Chat | None:
+        """The chat with this CHAT_ID, if any."""
+        return self._chats_by_id.get(chat_id)
+
+    def user_by_id(self, user_id: int) -> TechnicalUser | None:
+        """The technical user (customer) with this Bitrix id, if any."""
+        return self._users_by_id.get(user_id)
+
     def _keep_alive(self, chat: Chat) -> None:
-        if self._session_alive(chat):
+        if self.session_alive(chat):
             chat.last_activity = self.clock()
 
     # -- outbound message statuses -------------------------------------------------------
@@ -693,7 +763,7 @@ class OpenLines:
             chat = self.chats.get(key)
         # The server renames the chat of an open session and never opens one
         # (`Session::load` with SKIP_CREATE): no dialog, or a closed one, fails.
-        if chat is None or not self._session_alive(chat):
+        if chat is None or not self.session_alive(chat):
             raise RestError(CHAT_RENAMING_FAILED, "Failed to rename the chat: no dialog found")
         chat.name = name
         return {"SUCCESS": True, "DATA": {"RESULT": {}}}
@@ -805,6 +875,7 @@ class OpenLines:
                 md5=digest,
             )
             self.users[(connector, external_id)] = user
+            self._users_by_id[user.id] = user
         elif user.md5 != digest and not _refusals(submitted):
             fields = profile_fields(submitted, self.language)
             guest = GUEST_NAME.get(self.language, GUEST_NAME["en"])
@@ -860,10 +931,15 @@ class OpenLines:
         )
         self.chats[key] = chat
         self._chats_by_id[chat.chat_id] = chat
+        chat.sessions[chat.session_id] = [0, 0]
+        self._chats_by_session[chat.session_id] = chat
         return chat
 
     @staticmethod
     def _matching(chat: Chat, external_id: str) -> list[ChatMessage]:
+        # The server looks the id up by the stored value (`GetMessageIdByParam(
+        # 'CONNECTOR_MID', ...)`, `connector.php:894, 946`): an id the store trimmed or cut
+        # (`connector_mid`) is not found, and a message deleted lost its params.
         return [
             message
             for message in chat.messages

@@ -44,7 +44,8 @@ from consumer.simulator.events import EventHub, Paged, message_add_data, waiting
 from consumer.simulator.faults import FaultKind, FaultPlan, FaultSettings
 from consumer.simulator.limits import LeakyBucket, OperatingBudget, OperatingReading
 from consumer.simulator.oauth import OAuthError, OAuthIdentity, TokenStore
-from consumer.simulator.openlines import OpenLines
+from consumer.simulator.openlines import OpenLines, RequestDied
+from consumer.simulator.sessions import SessionReads
 
 LEGACY_SHAPE_METHODS = frozenset(
     {
@@ -142,6 +143,16 @@ class Portal:
         self.legacy_errors = config.legacy_errors
         self.batch_imconnector = config.batch_imconnector
         self.faults = FaultPlan(config.fault_settings())
+        self.openlines.between_writes = self._between_writes
+        # imopenlines.session.history.get / dialog.get, as the token's user (all tokens
+        # are the administrator's: OAuthIdentity.user_id).
+        self.reads = SessionReads(
+            self.openlines,
+            config.admin_user_id,
+            access=config.openlines_access,
+            enabled=config.readback_methods,
+            clock=lambda: self.clock(),
+        )
         self.calls = CallLog(config.call_log_limit)
         for connector, line in config.preset_lines:
             self.openlines.preset_line(connector, line, chat_group=config.chat_group)
@@ -238,15 +249,31 @@ class Portal:
                 fault = self.faults.draw(method)
                 if fault is not None and self.faults.settings.fault_phase == "before":
                     reply, applied = self._fault_reply(fault), False
-                elif method == BATCH_METHOD:
-                    reply, outcomes = self._execute_batch(method_params, token, now, webhook)
-                    applied = any(outcome.applied for outcome in outcomes)
                 else:
-                    reply, applied = self._execute(method, method_params, token, now, webhook)
+                    reply, applied, outcomes = self._run(method, method_params, token, now, webhook)
                 if fault is not None:
                     reply = self._fault_reply(fault)
             self._log_call(monotonic, now, method, params, reply, fault, applied, outcomes)
             return reply
+
+    def _run(
+        self, method: str, params: dict[str, Any], token: str, now: float, webhook: bool
+    ) -> tuple[RestReply, bool, list[SubOutcome]]:
+        """Execute the call (a batch's sub-calls in order); a request that dies between two
+        writes keeps what it wrote and answers 500, as PHP does after a fatal error."""
+        try:
+            if method == BATCH_METHOD:
+                reply, outcomes = self._execute_batch(params, token, now, webhook)
+                return reply, any(outcome.applied for outcome in outcomes), outcomes
+            reply, applied = self._execute(method, params, token, now, webhook)
+            return reply, applied, []
+        except RequestDied:
+            return self._fault_reply("error"), True, []
+
+    def _between_writes(self) -> None:
+        """Between a message and its CONNECTOR_MID (`OpenLines.between_writes`)."""
+        if self.faults.dies_between_writes("imconnector.send.messages"):
+            raise RequestDied
 
     def _log_call(
         self,
@@ -387,7 +414,11 @@ class Portal:
 
     def _handler(self, method: str, now: float, *, in_batch: bool = False) -> Handler:
         """The method's handler, if it exists, may run here and has operating budget left."""
-        handler = self.openlines.methods.get(method) or self.events.methods.get(method)
+        handler = (
+            self.openlines.methods.get(method)
+            or self.events.methods.get(method)
+            or self.reads.methods.get(method)
+        )
         if handler is None:
             raise RestError(ERROR_METHOD_NOT_FOUND, "Method not found!", 404)
         if in_batch and method.startswith("imconnector.") and not self.batch_imconnector:
@@ -493,6 +524,8 @@ class Portal:
             "session_idle_close_s": lambda v: setattr(
                 self.openlines, "session_idle_close_s", float(v)
             ),
+            "openlines_access": lambda v: self.reads.set_access(str(v)),
+            "readback_methods": lambda v: setattr(self.reads, "enabled", bool(v)),
         }
         unknown = sorted(set(changes) - set(setters))
         if unknown:
@@ -517,6 +550,8 @@ class Portal:
             "legacy_errors": self.legacy_errors,
             "batch_imconnector": self.batch_imconnector,
             "session_idle_close_s": self.openlines.session_idle_close_s,
+            "openlines_access": self.reads.access,
+            "readback_methods": self.reads.enabled,
         }
 
     def post_operator_message(self, chat_id: int, text: str) -> dict[str, Any]:

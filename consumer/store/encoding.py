@@ -3,8 +3,10 @@ the compacted changelog topic, and read back. No other module knows these bytes.
 
 Records, by key:
 
-* `<chat key>` (UTF-8): the chat's state, a JSON object (`encode_chat`). Its waiting calls
-  appear by reference only, `[offset, status, attempts, first failure, held since,
+* `<chat key>` (UTF-8): the chat's state, a JSON object (`encode_chat`); where the chat
+  lives on the portal is `"b": [session ID, CHAT_ID, Bitrix user id]` (absent in records
+  written before it was kept, and until a send lands). Its waiting calls appear by
+  reference only, `[offset, status, attempts, first failure, held since,
   redrives]`, so a change to a chat costs a small record whatever its backlog.
 * `FE <writer>-<n>`: a block, the bodies of the calls one commit added to one partition,
   `[[chat, offset, body], ...]`; deleted (tombstone) once none of its calls waits. A body is
@@ -26,7 +28,7 @@ from typing import Any, Literal
 import orjson
 
 from consumer.core.ranges import RangeSet
-from consumer.core.state import ChatState, PendingCall, user_from_list, user_to_list
+from consumer.core.state import ChatState, PendingCall, PortalChat, user_from_list, user_to_list
 
 _BODY_MARK = b"\xff"
 _BLOCK_MARK = b"\xfe"
@@ -175,6 +177,9 @@ def encode_chat(state: ChatState) -> bytes:
         doc["s"] = 1
     if state.user is not None:  # the whole block, compact (`core.state.user_to_list`)
         doc["U"] = user_to_list(state.user)
+    if state.portal is not None:  # [session ID, CHAT_ID, Bitrix user id]
+        where = state.portal
+        doc["b"] = [where.session_id, where.chat_id, where.user_id]
     if state.outbox:
         doc["o"] = [_ref(call) for call in state.outbox]
     if state.held_rename is not None:
@@ -233,6 +238,7 @@ def decode_chat(
         session=bool(doc.get("s")),
         # `"u"`: records written when only the user id was kept.
         user=user_from_list(doc["U"]) if "U" in doc else {"id": doc["u"]} if "u" in doc else None,
+        portal=_portal_chat(doc["b"]) if "b" in doc else None,
         outbox=outbox,
         held_rename=held,
         deleted=doc.get("d"),
@@ -245,6 +251,11 @@ def decode_chat(
         last_activity_ms=doc.get("a", 0),
     )
     return state, missing
+
+
+def _portal_chat(ids: list[int]) -> PortalChat:
+    session_id, chat_id, user_id = [*ids, 0, 0, 0][:3]
+    return PortalChat(int(session_id), int(chat_id), int(user_id))
 
 
 def _ranges(pairs: list[list[int]]) -> RangeSet:

@@ -283,13 +283,24 @@ def rows() -> list[Row]:
                 ),
                 timeseries(
                     "Ambiguous sends and sequence gaps",
-                    "Sends found in flight after a crash (unknown outcome), by policy, and "
-                    "sequence gaps given up on, by reason (timeout, chat_buffer_full, "
-                    "buffers_full).",
+                    "Sends of unknown outcome (in flight at a crash, or their answer lost), by "
+                    "policy; what looking them up on the portal found (present, resent, "
+                    "fallback, exhausted) and why a lookup fell back; sequence gaps given up "
+                    "on, by reason (timeout, chat_buffer_full, buffers_full).",
                     Target(
                         "sum by (policy) "
                         f"(increase(imconnector_ambiguous_sends_total{{{SEL}}}[{RATE}]))",
                         "ambiguous {{policy}}",
+                    ),
+                    Target(
+                        "sum by (result) "
+                        f"(increase(imconnector_send_reconciliations_total{{{SEL}}}[{RATE}]))",
+                        "looked up: {{result}}",
+                    ),
+                    Target(
+                        "sum by (reason) "
+                        f"(increase(imconnector_send_reconcile_fallbacks_total{{{SEL}}}[{RATE}]))",
+                        "fallback {{reason}}",
                     ),
                     Target(
                         "sum by (reason) "

@@ -133,6 +133,8 @@ def make_settings(
         "commit_interval_ms": 20,
         "gap_timeout_s": 10.0,
         "batch_size": 50,
+        # A send of unknown outcome is looked up after this; the simulator answers at once.
+        "reconcile_settle_s": 0.3,
         **overrides.pop("engine", {}),
     }
     return Settings(
@@ -330,6 +332,23 @@ def final_outcomes(bootstrap: str, topic: str) -> tuple[dict[str, str], Counter[
             assert doc["event_id"] not in final, f"two final outcomes for {doc['event_id']}"
             final[doc["event_id"]] = doc["outcome"]
     return final, ambiguous
+
+
+def side_records(bootstrap: str, topic: str) -> Counter[str]:
+    """The records written beside final outcomes, counted: `ambiguous_resent` by method and
+    reason (`...:<reason>`, `dispatcher` for a blind resend), `reconciled_present`,
+    `reconciled_resent`."""
+    counts: Counter[str] = Counter()
+    for msg in read_all(bootstrap, topic):
+        doc = json.loads(msg.value())
+        outcome = doc["outcome"]
+        if outcome == "ambiguous_resent":
+            method = doc["method"].removeprefix("imconnector.")
+            reason = doc.get("reason") or doc.get("code", "").lower()
+            counts[f"ambiguous_resent:{method}:{reason}"] += 1
+        elif outcome.startswith("reconciled_"):
+            counts[outcome] += 1
+    return counts
 
 
 class OutcomeWatcher:

@@ -10,6 +10,11 @@ Afterwards, from the simulator's call log and the topics: every event is applied
 or dead-lettered with a reason, per-chat order held, and the only doubles are calls recorded
 as ambiguous. CI runs a smaller count (CHAOS_EVENTS, CHAOS_CHATS, CHAOS_KILLS); `make chaos`
 runs the full 50,000 events / 2,000 chats / 10 kills.
+
+The figures report the customer messages the portal shows twice (`doubled_sends`, of which
+`doubled_first_sends` were a chat's first send, which has nothing to be looked up by) and
+what looking sends of unknown outcome up found; CHAOS_RECONCILE=0 runs the same with
+reconciliation off (every such send resent blind), for comparison.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from tests.integration.harness import (
     portal_settings,
     produce,
     read_all,
+    side_records,
     wait_until,
 )
 
@@ -50,6 +56,7 @@ ROOT = Path(__file__).resolve().parents[2]
 EVENTS = int(os.environ.get("CHAOS_EVENTS", "6000"))
 CHATS = int(os.environ.get("CHAOS_CHATS", "400"))
 KILLS = int(os.environ.get("CHAOS_KILLS", "4"))
+RECONCILE = os.environ.get("CHAOS_RECONCILE", "1") != "0"
 BIG_RECORDS = 3
 BIG_TEXT = "ю" * 450_000  # 900 KB of UTF-8
 
@@ -159,6 +166,10 @@ def test_chaos(kafka_bootstrap, topic_factory, unique, tmp_path):
         "IMCONNECTOR_RETRY__MAX_ATTEMPTS": "25",
         "IMCONNECTOR_RETRY__BASE_DELAY_S": "0.05",
         "IMCONNECTOR_RETRY__MAX_DELAY_S": "1.0",
+        # The simulator finishes a request in milliseconds (a hang applies nothing): a send
+        # in doubt is looked up 2 s after, not Bitrix24's 60 s.
+        "IMCONNECTOR_ENGINE__RECONCILE_SENDS": "true" if RECONCILE else "false",
+        "IMCONNECTOR_ENGINE__RECONCILE_SETTLE_S": "2.0",
         "IMCONNECTOR_LOG_FORMAT": "json",
         "IMCONNECTOR_LOG_LEVEL": "WARNING",
     }
@@ -271,6 +282,12 @@ def test_chaos(kafka_bootstrap, topic_factory, unique, tmp_path):
                 send_elements[(element["chat"]["id"], element["message"]["id"])] += 1
                 big_applied += element["message"].get("text") == BIG_TEXT
     doubled_sends = sum(n - 1 for n in send_elements.values() if n > 1)
+    first_sends = set()  # each chat's first send: nothing to look it up by until answered
+    for script in scripts:
+        sent = [e.payload for e in script if isinstance(e.payload, MessageSent)]
+        if sent:
+            first_sends.add((script[0].chat_id, sent[0].message_id))
+    doubled_first = sum(n - 1 for key, n in send_elements.items() if n > 1 and key in first_sends)
     dead = Counter()
     for msg in read_all(kafka_bootstrap, f"{topic}.dlq"):
         dead[dict(msg.headers())["imconnector.error.class"].decode()] += 1
@@ -281,6 +298,7 @@ def test_chaos(kafka_bootstrap, topic_factory, unique, tmp_path):
         "records": len(events),
         "events": len(distinct),
         "chats": CHATS,
+        "reconcile": RECONCILE,
         "consumers": len(replicas),
         "kills": KILLS,
         **faults,
@@ -289,6 +307,8 @@ def test_chaos(kafka_bootstrap, topic_factory, unique, tmp_path):
         "ambiguous_resends": sum(ambiguous.values()),
         "repeated_calls_on_portal": repeats,
         "doubled_sends": doubled_sends,
+        "doubled_first_sends": doubled_first,
+        "side_records": dict(side_records(kafka_bootstrap, outcomes_topic)),
         "dead_letters": dict(dead),
         "outcomes": dict(Counter(final.values())),
         "injected_faults": dict(injected),

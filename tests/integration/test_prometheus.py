@@ -523,8 +523,8 @@ def test_prometheus_scrapes_the_consumer_and_every_panel_and_alert_works(
             "imconnector_token_refreshes_total", {"result": "failed"}
         ), "no failed token refresh"
         assert registry.get_sample_value(
-            "imconnector_ambiguous_sends_total", {"policy": "resend"}
-        ), "no connection reset on a send"
+            "imconnector_ambiguous_sends_total", {"policy": "reconcile"}
+        ), "no connection reset on a send (looked up on the portal)"
         wait_until(
             lambda: (
                 registry.get_sample_value(

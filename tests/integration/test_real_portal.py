@@ -183,6 +183,7 @@ def test_a_5xx_after_the_portal_applied_a_send_is_ambiguous(
     kafka_bootstrap, topic_factory, unique, policy: str
 ) -> None:
     # Seed 1 at rate 0.5: the first send is applied, then answered 500; the next one is not.
+    # Reconciliation off: the policy alone decides (test_reconcile.py looks sends up).
     with simulator(error_rate=0.5, fault_phase="after", fault_methods=[SEND], seed=1) as sim:
         topic = topic_factory(1)
         settings = make_settings(
@@ -190,7 +191,7 @@ def test_a_5xx_after_the_portal_applied_a_send_is_ambiguous(
             topic,
             unique("g"),
             sim,
-            engine={"unknown_outcome_policy": policy},
+            engine={"unknown_outcome_policy": policy, "reconcile_sends": False},
         )
         sent = event("c1", 1, MessageSent("m1", "hi"), ExternalUser("u1", name="Ann"))
         with EngineThread(settings) as running:

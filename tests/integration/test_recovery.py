@@ -44,6 +44,7 @@ from tests.integration.harness import (
     portal_settings,
     produce,
     shuffled_workload,
+    side_records,
     wait_until,
 )
 
@@ -76,6 +77,8 @@ def test_sigkill_mid_stream_then_restart_applies_nothing_twice(
         "IMCONNECTOR_PORTALS": json.dumps({PORTAL: portal_settings(sim)}),
         "IMCONNECTOR_ENGINE__COMMIT_INTERVAL_MS": "20",
         "IMCONNECTOR_ENGINE__BATCH_SIZE": "5",
+        # Sends in flight at the kill are looked up once the simulator is done with them.
+        "IMCONNECTOR_ENGINE__RECONCILE_SETTLE_S": "0.5",
         "IMCONNECTOR_LOG_FORMAT": "json",
     }
     log = open(tmp_path / "consumer.log", "wb")  # noqa: SIM115 - closed below
@@ -118,7 +121,8 @@ def test_sigkill_mid_stream_then_restart_applies_nothing_twice(
     assert repeats <= sum(ambiguous.values())
     print(
         f"kill test: {len(events)} records, {len(final)} events, "
-        f"{sum(ambiguous.values())} ambiguous resends, {repeats} repeated calls"
+        f"{sum(ambiguous.values())} ambiguous resends, {repeats} repeated calls; "
+        f"{dict(side_records(kafka_bootstrap, settings.outcomes_topic))}"
     )
 
 

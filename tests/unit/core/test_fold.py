@@ -25,7 +25,7 @@ from consumer.core.fold import (
 )
 from consumer.core.mapping import DELETE, RENAME, SEND, UPDATE
 from consumer.core.ranges import RangeSet
-from consumer.core.state import IN_FLIGHT, QUEUED, ChatState
+from consumer.core.state import IN_FLIGHT, QUEUED, ChatState, PortalChat
 from consumer.store.encoding import chat_doc, decode_chat, encode_body, encode_chat
 
 CONFIG = FoldConfig(rename_wait_timeout_ms=10_000)
@@ -250,3 +250,22 @@ def test_more_than_16_gaps_in_one_chat_never_turn_a_late_event_into_a_duplicate(
     assert [a for _, a in lane.offer(state, first_missing, 10**9).ready] == ["late"]
     on_late(state, new_call(first_missing, state, ("t", 0, 99)))
     assert 1 in state.failed  # type: ignore[operator]
+
+
+def test_a_successful_send_remembers_where_the_chat_lives_on_the_portal():
+    state = ChatState()
+    feed(state, ev(MessageSent("m1", "x"), 1))
+    feed(state, ev(MessageSent("m2", "x"), 2))
+    result = {"user": "101", "session_id": "301", "chat_id": "1701"}
+    on_success(state, state.outbox[0], result, 1)
+    assert state.portal == PortalChat(301, 1701, 101)
+    # A message into a closed session is answered without `session`: the ids known stay.
+    on_success(state, state.outbox[0], {"user": "101"}, 2)
+    assert _through_the_changelog(state).portal == PortalChat(301, 1701, 101)
+
+
+def test_a_send_answered_without_ids_leaves_the_portal_ids_unknown():
+    state = ChatState()
+    feed(state, ev(MessageSent("m1", "x"), 1))
+    on_success(state, state.outbox[0], None, 1)
+    assert state.portal is None and state.session

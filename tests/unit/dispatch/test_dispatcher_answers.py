@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+from consumer.bitrix.readback import HISTORY
 from consumer.core.state import PendingCall
-from consumer.dispatch.dispatcher import Batch, BatchDone, Dispatcher
+from consumer.dispatch.dispatcher import UNKNOWN_OUTCOME, Batch, BatchDone, Dispatcher
 from consumer.errors import AmbiguousError, PermanentError
 from consumer.observability.metrics import Metrics
 from consumer.settings import RetrySettings
@@ -165,3 +166,77 @@ def test_renames_without_placeholders_share_one_batch_request() -> None:
         done = run(running, [rename(1, "A $5 [deal]"), rename(2, "$resultless")], RENAME)
     assert [method for method, _ in client.requests] == ["batch"]
     assert all(result.ok for result in done.results)
+
+
+def test_an_ambiguous_send_comes_back_unsent_to_be_looked_up_when_reconciling() -> None:
+    failure = AmbiguousError("ReadTimeout", code="ReadTimeout")
+    client = ScriptedClient([failure])
+    with dispatcher(client, reconcile_sends=True) as (running, metrics):
+        done = run(running, [call(1), call(2)])
+        value = metrics.registry.get_sample_value
+        assert value("imconnector_ambiguous_sends_total", {"policy": "reconcile"}) == 2
+    assert len(client.requests) == 1  # nothing resent blind
+    assert [(r.ok, r.error_class, r.ambiguous) for r in done.results] == [
+        (False, UNKNOWN_OUTCOME, False),
+        (False, UNKNOWN_OUTCOME, False),
+    ]
+
+
+def read(n: int) -> PendingCall:
+    return PendingCall(f"e{n}", None, "Reconcile", HISTORY, {"SESSION_ID": 300 + n}, 0, ("t", 0, n))
+
+
+def history_of(n: int) -> dict[str, Any]:
+    return {"chatId": 1700 + n, "sessionId": 300 + n, "message": []}
+
+
+def test_reads_of_several_chats_share_one_batch_and_each_gets_its_answer() -> None:
+    answer = {
+        "result": {
+            "result": {"c0": history_of(1), "c2": history_of(3)},
+            "result_error": {"c1": {"error": "ACCESS_DENIED", "error_description": "no"}},
+        }
+    }
+    client = ScriptedClient([answer])
+    with dispatcher(client) as (running, _):
+        done = run(running, [read(1), read(2), read(3)], HISTORY)
+        assert running.rename_batch_limit("p") == 50  # a read refused is no batch refusal
+    assert [method for method, _ in client.requests] == ["batch"]
+    assert client.requests[0][1]["cmd"] == [
+        {"SESSION_ID": 301},
+        {"SESSION_ID": 302},
+        {"SESSION_ID": 303},
+    ]
+    assert [(r.ok, r.code, r.result) for r in done.results] == [
+        (True, None, history_of(1)),
+        (False, "ACCESS_DENIED", None),
+        (True, None, history_of(3)),
+    ]
+
+
+def test_a_read_throttled_inside_the_batch_is_run_again_on_its_own() -> None:
+    answer = {
+        "result": {
+            "result": {"c0": history_of(1)},
+            "result_error": {"c1": {"error": "QUERY_LIMIT_EXCEEDED"}},
+        }
+    }
+    client = ScriptedClient([answer, {"result": history_of(2)}])
+    with dispatcher(client) as (running, _):
+        done = run(running, [read(1), read(2)], HISTORY)
+    assert client.requests[1] == (HISTORY, {"SESSION_ID": 302})  # its own params only
+    assert [r.result for r in done.results] == [history_of(1), history_of(2)]
+
+
+def test_a_read_the_portal_does_not_have_is_a_permanent_failure() -> None:
+    missing = PermanentError(
+        "ERROR_METHOD_NOT_FOUND", code="ERROR_METHOD_NOT_FOUND", http_status=404
+    )
+    client = ScriptedClient([missing])
+    with dispatcher(client) as (running, _):
+        [result] = run(running, [read(1)], HISTORY).results
+    assert (result.ok, result.error_class, result.code) == (
+        False,
+        "permanent",
+        "ERROR_METHOD_NOT_FOUND",
+    )

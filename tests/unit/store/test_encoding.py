@@ -11,7 +11,7 @@ import pytest
 from consumer.core.events import ChatEvent, ChatRenamed, ExternalUser, MessageDeleted, MessageSent
 from consumer.core.fold import FoldConfig, new_call, on_event
 from consumer.core.ranges import RangeSet
-from consumer.core.state import IN_FLIGHT, QUEUED, ChatState
+from consumer.core.state import IN_FLIGHT, QUEUED, ChatState, PortalChat
 from consumer.store.encoding import (
     block_key,
     block_of_part,
@@ -170,3 +170,17 @@ def test_a_block_too_large_for_one_record_is_stored_in_parts():
     assert b"".join(v for _, v in records[:-1]) == value
     assert parts_of(value) is None
     assert decode_block(value)[0][:2] == ("p|c|1|a", 1)
+
+
+def test_where_the_chat_lives_on_the_portal_round_trips_compactly():
+    state = ChatState(session=True, portal=PortalChat(301, 1701, 101))
+    doc = chat_doc(encode_chat(state))
+    assert doc["b"] == [301, 1701, 101]
+    assert restore(state).portal == PortalChat(301, 1701, 101)
+
+
+def test_a_record_written_before_the_portal_ids_were_kept_reads_without_them():
+    older = orjson.dumps({"w": 3, "a": 1, "s": 1, "U": ["u1", "Ann"]})
+    state, missing = decode_chat(chat_doc(older), {})
+    assert missing == [] and state.portal is None and state.session
+    assert "b" not in chat_doc(encode_chat(state))
