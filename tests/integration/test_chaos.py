@@ -273,7 +273,20 @@ def test_chaos(kafka_bootstrap, topic_factory, unique, tmp_path):
         sim.stop()
     final, ambiguous = final_outcomes(kafka_bootstrap, outcomes_topic)
     assert set(final) == distinct
-    repeats = check_calls(sim, scripts, ambiguous)
+    try:
+        repeats = check_calls(sim, scripts, ambiguous)
+    except AssertionError as exc:  # what the failing chat's events became, and its calls
+        chat = str(exc).split(":", 1)[0]
+        for msg in read_all(kafka_bootstrap, outcomes_topic):
+            doc = json.loads(msg.value())
+            if doc["chat"].endswith("|" + chat):
+                print("outcome", doc["seq"], doc["kind"], doc["outcome"], doc.get("code"))
+        for r in sim.portal.call_records():
+            for e in r.params.get("MESSAGES", []):
+                if e.get("chat", {}).get("id") == chat:
+                    mid = e.get("message", {}).get("id")
+                    print("call", r.method, r.http_status, r.applied, r.error, r.fault, mid)
+        raise
     send_elements = Counter()
     big_applied = 0
     for record in sim.portal.call_records():
