@@ -21,9 +21,8 @@ import queue
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Protocol, Self
+from collections.abc import Callable
+from typing import Any, Self
 
 from consumer.bitrix.classify import (
     AUTH_CODES,
@@ -34,11 +33,12 @@ from consumer.bitrix.classify import (
     element_results,
 )
 from consumer.bitrix.client import BitrixClient, batch_safe
-from consumer.bitrix.limits import CircuitBreaker, OperatingBudget, PortalRateLimiter
 from consumer.bitrix.oauth import TokenStore
 from consumer.bitrix.readback import READ_METHODS
-from consumer.core.mapping import BATCHABLE, RENAME, SEND
+from consumer.core.mapping import RENAME, SEND
 from consumer.core.state import PendingCall
+from consumer.dispatch.batch import Batch, BatchDone, CallResult, request_params
+from consumer.dispatch.portals import PortalPolicies, Revoked
 from consumer.errors import (
     AmbiguousError,
     BitrixError,
@@ -83,89 +83,6 @@ BATCH_REFUSED = frozenset(
 )
 
 
-@dataclass(slots=True)
-class Batch:
-    """Head calls of several chats for one request (`calls` keeps chat order stable)."""
-
-    portal: str
-    connector: str
-    line: int
-    method: str
-    calls: list[tuple[str, PendingCall]]
-    routes: list[tuple[str, int, int]] = field(default_factory=list)  # (topic, partition, epoch)
-    reported: set[int] = field(default_factory=set)  # ids of calls whose result left early
-
-
-@dataclass(slots=True)
-class CallResult:
-    """The final result of one call after retries."""
-
-    chat_key: str
-    call: PendingCall
-    ok: bool
-    result: dict[str, Any] | None = None
-    error_class: str | None = None
-    code: str | None = None
-    message: str | None = None
-    http_status: int | None = None
-    attempts: int = 1
-    ambiguous: bool = False
-    cancelled: bool = False  # never sent: its partition was revoked meanwhile
-
-
-@dataclass(slots=True)
-class BatchDone:
-    """Results of one batch: all of them, or those that finished early (cancelled calls of
-    a revoked partition); each result names its call."""
-
-    batch: Batch
-    results: list[CallResult] = field(default_factory=list)
-
-
-class DispatchPort(Protocol):
-    """What the engine needs of a dispatcher: `Dispatcher` (a thread of this process) and
-    `ProcessDispatcher` (a child process) both are one, and so is a test's wrapper around
-    either."""
-
-    @property
-    def in_flight(self) -> int: ...
-
-    def in_flight_by_portal(self) -> Mapping[str, int]: ...
-
-    def revoke(self, epochs: set[int]) -> None: ...
-
-    def set_share(self, share: float) -> None: ...
-
-    @property
-    def lost(self) -> bool: ...
-
-    def start(self) -> None: ...
-
-    def submit(self, batch: Batch) -> None: ...
-
-    def drain(self) -> list[BatchDone]: ...
-
-    def wait(self, timeout: float) -> bool: ...
-
-    def stop(self, timeout: float = 5.0) -> None: ...
-
-    def portal_has_capacity(self, portal: str) -> bool: ...
-
-    def rename_batch_limit(self, portal: str) -> int: ...
-
-
-def _params(batch: Batch, elements: list[dict[str, Any]]) -> dict[str, Any]:
-    if batch.method in READ_METHODS:  # a chat's read names what it reads, nothing else
-        return dict(elements[0])
-    if batch.method in BATCHABLE:
-        return {"CONNECTOR": batch.connector, "LINE": batch.line, "MESSAGES": elements}
-    return {"CONNECTOR": batch.connector, "LINE": batch.line, **elements[0]}
-
-
-class _Revoked(Exception):
-    """Every call of a request belongs to a revoked partition: it is not sent."""
-
-
 class Dispatcher:
     """Owns the asyncio loop thread that talks to Bitrix24."""
 
@@ -192,17 +109,16 @@ class Dispatcher:
         self._done: queue.SimpleQueue[BatchDone] = queue.SimpleQueue()
         self._loop = asyncio.new_event_loop()
         self._loop_thread = threading.Thread(target=self._run_loop, name="dispatch", daemon=True)
-        # Request slots are per portal: a portal whose requests hang holds only its own.
-        self._slots: dict[str, asyncio.Semaphore] = {}
+        self._policies = PortalPolicies(
+            lambda: self._client.portals if self._client is not None else {},
+            metrics,
+            slots=max_in_flight,
+            operating_limit=operating_limit,
+        )
         self._portal_in_flight: dict[str, int] = {}
         self._revoked: set[int] = set()  # epochs of revoked partitions: their calls stay
-        self._share = 1.0
-        self._limiters: dict[str, PortalRateLimiter] = {}
-        self._budgets: dict[str, OperatingBudget] = {}
-        self._breakers: dict[str, CircuitBreaker] = {}
         self._tasks: set[asyncio.Future[None]] = set()
         self._in_flight = 0
-        self._gated: dict[str, int] = {}  # portal -> batches waiting for a limit
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._batch_renames = batch_renames
@@ -288,17 +204,8 @@ class Dispatcher:
     def set_share(self, share: float) -> None:
         """This replica's part of every portal's limits (the part of the source partitions it
         owns); a portal with a fixed `rate_share` keeps its own."""
-        self._share = share
-
-        def apply() -> None:
-            assert self._client is not None
-            for portal, limiter in self._limiters.items():
-                cfg = self._client.portals.get(portal)
-                if cfg is None or cfg.rate_share is None:
-                    limiter.share = share
-
         if self._loop_thread.is_alive():
-            self._loop.call_soon_threadsafe(apply)
+            self._loop.call_soon_threadsafe(self._policies.set_share, share)
 
     def revoke(self, epochs: set[int]) -> None:
         """Calls of these partition assignments are never sent from now on: those still
@@ -325,7 +232,7 @@ class Dispatcher:
     def portal_has_capacity(self, portal: str) -> bool:
         """False while a batch for `portal` waits on its limits: the engine then lets calls
         pile up in the chats' outboxes, so the next request carries a full batch."""
-        return self._gated.get(portal, 0) == 0
+        return self._policies.has_capacity(portal)
 
     def rename_batch_limit(self, portal: str) -> int:
         """How many `chat.name.set` calls of `portal` may share one request (via `batch`)."""
@@ -335,7 +242,7 @@ class Dispatcher:
 
     def breaker_states(self) -> dict[str, int]:
         """Portal -> breaker state (for metrics and tests)."""
-        return {portal: b.state for portal, b in self._breakers.items()}
+        return self._policies.breaker_states()
 
     # -- loop side ---------------------------------------------------------------------
     def _run_loop(self) -> None:
@@ -362,61 +269,6 @@ class Dispatcher:
             if not self._portal_in_flight[portal]:
                 del self._portal_in_flight[portal]
         self._wake.set()
-
-    def _portal_policies(
-        self, portal: str
-    ) -> tuple[PortalRateLimiter, OperatingBudget, CircuitBreaker]:
-        if portal not in self._limiters:
-            assert self._client is not None
-            cfg = self._client.portals.get(portal)
-            if cfg is None:
-                self._limiters[portal] = PortalRateLimiter(share=self._share)
-            else:
-                self._limiters[portal] = PortalRateLimiter(
-                    cfg.rate_drain, cfg.rate_burst, cfg.rate_share or self._share
-                )
-            self._budgets[portal] = OperatingBudget(
-                limit=cfg.operating_limit if cfg is not None else self._operating_limit
-            )
-            self._breakers[portal] = CircuitBreaker()
-            self._slots[portal] = asyncio.Semaphore(self._max_in_flight)
-        return self._limiters[portal], self._budgets[portal], self._breakers[portal]
-
-    async def _gate(self, batch: Batch, calls: list[PendingCall]) -> None:
-        """Wait until breaker, operating budget and leaky bucket all allow a request;
-        `_Revoked` once every call's partition was revoked meanwhile."""
-        portal = batch.portal
-        self._gated[portal] = self._gated.get(portal, 0) + 1
-        try:
-            await self._wait_limits(batch, calls)
-        finally:
-            self._gated[portal] -= 1
-
-    async def _wait_limits(self, batch: Batch, calls: list[PendingCall]) -> None:
-        limiter, budget, breaker = self._portal_policies(batch.portal)
-        while True:
-            if len(self._revoked_in(batch, calls)) == len(calls):
-                raise _Revoked
-            now = time.monotonic()
-            wait = breaker.wait(now)
-            self._metrics.breaker_state.labels(portal=batch.portal).set(breaker.state)
-            if wait > 0:
-                await asyncio.sleep(min(wait, 1.0))
-                continue
-            wait = budget.wait(batch.method, now)
-            if wait > 0:
-                self._metrics.throttle_waits.labels(reason="operating_budget").inc(wait)
-                await asyncio.sleep(min(wait, 1.0))
-                continue
-            break
-        wait = limiter.reserve(time.monotonic())
-        if wait > 0:
-            self._metrics.throttle_waits.labels(reason="rate_limit").inc(wait)
-            until = time.monotonic() + wait
-            while (left := until - time.monotonic()) > 0:
-                if len(self._revoked_in(batch, calls)) == len(calls):
-                    raise _Revoked
-                await asyncio.sleep(min(left, 1.0))
 
     def _revoked_in(self, batch: Batch, calls: list[PendingCall]) -> set[int]:
         """Indexes of `calls` whose partition was revoked since the batch was planned."""
@@ -481,33 +333,41 @@ class Dispatcher:
         attempts = 0
         backoff_spent = 0.0
         ambiguous = False
-        _, budget, breaker = self._portal_policies(batch.portal)
-        limiter = self._limiters[batch.portal]
+        limits = self._policies.of(batch.portal)
+        budget, breaker, limiter = limits.budget, limits.breaker, limits.limiter
         # Renames and reads take no array: several go out as sub-calls of one REST `batch`
         # request, unless a value holds what `batch` would rewrite (`$result[...]`, ...).
         batched = (method == RENAME or method in READ_METHODS) and len(calls) > 1
         if batched and not all(batch_safe(c.element) for c in calls):
             return await self._one_by_one(batch, calls, keys)
         request_method = "batch" if batched else method
-        slots = self._slots[batch.portal]
+        slots = limits.slots
+
+        def all_revoked() -> bool:
+            return len(self._revoked_in(batch, calls)) == len(calls)
+
         while True:
             try:
-                await self._gate(batch, calls)
+                await self._policies.gate(batch.portal, method, all_revoked)
                 async with slots:
                     if self._revoked_in(batch, calls):
-                        raise _Revoked
+                        raise Revoked
                     attempts += 1
                     started = time.monotonic()
                     async with request_span(batch.portal, request_method, calls):
                         if batched:
                             body = await self._client.batch(
-                                batch.portal, method, [_params(batch, [c.element]) for c in calls]
+                                batch.portal,
+                                method,
+                                [request_params(batch, [c.element]) for c in calls],
                             )
                         else:
                             body = await self._client.call(
-                                batch.portal, method, _params(batch, [c.element for c in calls])
+                                batch.portal,
+                                method,
+                                request_params(batch, [c.element for c in calls]),
                             )
-            except _Revoked:
+            except Revoked:
                 return await self._without(batch, calls, keys, self._revoked_in(batch, calls))
             except Throttled as exc:
                 self._count_request(request_method, exc.http_status, started)
@@ -652,7 +512,7 @@ class Dispatcher:
         result = body.get("result")
         times = result.get("result_time") if isinstance(result, dict) else None
         if isinstance(times, dict) and times:  # each sub-call counts against its method
-            _, budget, _ = self._portal_policies(batch.portal)
+            budget = self._policies.of(batch.portal).budget
             last = list(times.values())[-1]
             budget.observe(batch.method, last, time.time(), time.monotonic())
         reads = batch.method in READ_METHODS

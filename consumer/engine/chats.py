@@ -34,7 +34,8 @@ from consumer.core.fold import (
 from consumer.core.mapping import SEND
 from consumer.core.ordering import Lane, Offer, admit, classify
 from consumer.core.state import IN_FLIGHT, ChatState, PendingCall
-from consumer.dispatch.dispatcher import UNKNOWN_OUTCOME, CallResult
+from consumer.dispatch.batch import CallResult
+from consumer.dispatch.dispatcher import UNKNOWN_OUTCOME
 from consumer.engine.outputs import Outputs
 from consumer.engine.partition import Held, Partition, event_of, offset_of
 from consumer.engine.reconciler import Failure, Reconciliation

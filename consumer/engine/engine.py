@@ -3,7 +3,8 @@
 
 * `consumer.core` decides (admission in `ordering`, calls in `fold`);
 * `consumer.store.changelog` keeps each partition's chats and their changelog records;
-* `consumer.engine.planner` forms requests, `consumer.engine.backpressure` pauses;
+* `consumer.engine.planner` forms requests; `consumer.engine.backpressure` decides and
+  `consumer.engine.fetching` applies pauses;
 * `consumer.engine.restorer` restores assigned partitions from the poll loop;
 * `consumer.engine.outputs` writes outcomes and dead letters;
 * `consumer.kafka.writer` commits all of it in Kafka transactions.
@@ -30,11 +31,11 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from consumer.codec import ChatEventDecoder, SchemaRegistryClient
 from consumer.core.validation import invalid_field
-from consumer.dispatch.dispatcher import Batch, DispatchPort
-from consumer.engine import backpressure
+from consumer.dispatch.batch import Batch, DispatchPort
 from consumer.engine.chats import ChatFlow
+from consumer.engine.fetching import Fetching
 from consumer.engine.outputs import Outputs
-from consumer.engine.partition import BACKPRESSURE, REGISTRY, RESTORING, Held, Partition
+from consumer.engine.partition import REGISTRY, RESTORING, Held, Partition
 from consumer.engine.requests import Requests
 from consumer.engine.restorer import Restorer
 from consumer.errors import PoisonRecord, RegistryUnavailable, TransactionStuck
@@ -85,6 +86,7 @@ class Engine:
         self.decoder = ChatEventDecoder(self._registry)
         self.parts: dict[tuple[str, int], Partition] = {}
         self.requests = Requests(settings.engine, dispatcher, self.parts)
+        self.fetching = Fetching(self.parts, settings.engine, metrics, self._give_up_gap)
         self.writer: TransactionalWriter[Round] | None = None
         self.outputs: Outputs | None = None
         self.chats: ChatFlow | None = None
@@ -141,6 +143,7 @@ class Engine:
             )
             writer.start()
             self._consumer = Consumer(consumer_config(settings, stats_cb=self.metrics.kafka.update))
+            self.fetching.consumer = self._consumer
             self._consumer.subscribe(
                 settings.source_topics,
                 on_assign=self._on_assign,
@@ -253,7 +256,7 @@ class Engine:
             interval = self.settings.engine.commit_interval_ms / 1000
             if batches or now - self._last_commit >= interval:
                 self._start_commit(batches)
-        self._backpressure()
+        self.fetching.balance()
         self.outputs.publish_counts()
         self.metrics.ready.set(1 if self.ready else 0)
 
@@ -269,6 +272,10 @@ class Engine:
                 part = self.parts.get((topic, partition))
                 if part is not None and part.epoch == epoch:
                     self.chats.result(part, result)
+
+    def _give_up_gap(self, part: Partition, chat: str) -> int:
+        assert self.chats is not None
+        return self.chats.give_up_gap(part, chat)
 
     def _on_kafka_error(self, error: KafkaError) -> None:
         if error.fatal():
@@ -348,7 +355,7 @@ class Engine:
             wait,
         )
         self.metrics.registry_waits.inc()
-        self._pause(part, REGISTRY)
+        self.fetching.pause(part, REGISTRY)
         self._consumer.seek(TopicPartition(part.topic, part.partition, offset))
 
     # -- time ------------------------------------------------------------------------------
@@ -360,7 +367,7 @@ class Engine:
         self._joined = bool(self._consumer.memberid())
         for part in list(self.parts.values()):
             if REGISTRY in part.pauses and now >= part.registry_retry_at:
-                self._resume(part, REGISTRY)
+                self.fetching.resume(part, REGISTRY)
             if not part.pauses:  # else the missing event may be in the unread backlog
                 self.chats.tick(part, now_ms)
         if now - self._last_sweep >= 30:
@@ -391,80 +398,6 @@ class Engine:
         self.metrics.chats_in_state.set(chats)
         self.metrics.reorder_held.set(held)
         self.metrics.assigned_partitions.set(len(self.parts))
-
-    # -- backpressure ----------------------------------------------------------------------
-    def _pause(self, part: Partition, reason: str) -> None:
-        part.pauses.add(reason)
-        self._sync_fetching(part)
-
-    def _resume(self, part: Partition, reason: str) -> None:
-        part.pauses.discard(reason)
-        self._sync_fetching(part)
-
-    def _sync_fetching(self, part: Partition) -> None:
-        """Tell the consumer whether the partition fetches: it does when nothing pauses it."""
-        assert self._consumer is not None
-        paused = bool(part.pauses)
-        if paused != part.fetching_paused and self.parts.get(part.key) is part:
-            tp = [TopicPartition(part.topic, part.partition)]
-            if paused:
-                self._consumer.pause(tp)
-            else:
-                self._consumer.resume(tp)
-            part.fetching_paused = paused
-
-    def _backpressure(self) -> None:
-        """Pause partitions whose calls pile up, resume them once drained
-        (`consumer.engine.backpressure`); bound the events held for sequence gaps."""
-        if not self.parts:
-            return
-        per_chat = self.settings.engine.max_buffered_per_chat
-        loads = {}
-        for key, part in self.parts.items():
-            if part.crowded:
-                part.crowded = {
-                    chat
-                    for chat in part.crowded
-                    if backpressure.still_crowded(_outbox_of(part, chat), per_chat)
-                }
-            loads[key] = backpressure.Load(
-                part.calls_waiting(), bool(part.crowded), BACKPRESSURE in part.pauses, part.revoking
-            )
-        limit = backpressure.share(self.settings.engine.max_buffered_events, len(self.parts))
-        pause, resume = backpressure.pauses(loads, limit)
-        for key in pause:
-            self._pause(self.parts[key], BACKPRESSURE)
-        for key in resume:
-            self._resume(self.parts[key], BACKPRESSURE)
-        if pause:
-            self.metrics.partition_pauses.inc(len(pause))
-        self.metrics.paused_partitions.set(
-            sum(1 for p in self.parts.values() if BACKPRESSURE in p.pauses)
-        )
-        self._bound_held()
-
-    def _bound_held(self) -> None:
-        limit = self.settings.engine.max_buffered_events
-        held = sum(len(part.held_offsets) for part in self.parts.values())
-        if not backpressure.relief(held, limit):
-            return
-        logger.warning(
-            "%d events wait in reorder buffers (max_buffered_events %d): giving up the "
-            "gaps open longest",
-            held,
-            limit,
-        )
-        assert self.chats is not None
-        lanes = backpressure.oldest_first(
-            (lane.buffer.since_ms, (part, chat))
-            for part in self.parts.values()
-            if not part.revoking
-            for chat, lane in part.lanes.items()
-        )
-        for part, chat in lanes:
-            if not backpressure.relief(held, limit):
-                break
-            held -= self.chats.give_up_gap(part, chat)
 
     # -- commit ----------------------------------------------------------------------------
     def _commit(self) -> bool:
@@ -551,7 +484,7 @@ class Engine:
             store = PartitionStore(f"{self._writer_id}.{tp.partition}", self._record_limit)
             part = Partition(tp.topic, tp.partition, self._epoch, store)
             self.parts[part.key] = part
-            self._pause(part, RESTORING)
+            self.fetching.pause(part, RESTORING)
             changelog = self.settings.changelog_topic(tp.topic)
             if self._restorer.add(changelog, tp.partition, store):
                 self._restored((changelog, tp.partition))
@@ -602,7 +535,7 @@ class Engine:
             assert self._consumer is not None
             self._consumer.seek(TopicPartition(part.topic, part.partition, part.rewind))
             part.rewind = -1
-        self._resume(part, RESTORING)
+        self.fetching.resume(part, RESTORING)
 
     def _changelog_of(self, part: Partition) -> tuple[str, int]:
         return self.settings.changelog_topic(part.topic), part.partition
@@ -645,8 +578,3 @@ class Engine:
                 "partitions lost (session timeout); restarting to restore state from the changelog",
             )
         )
-
-
-def _outbox_of(part: Partition, chat: str) -> int:
-    state = part.store.peek(chat)
-    return len(state.outbox) if state is not None else 0

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 from consumer.bitrix.readback import Lookup, Read, Step, Verdict
 from consumer.core.state import ChatState, PendingCall
-from consumer.dispatch.dispatcher import CallResult
+from consumer.dispatch.batch import CallResult
 from consumer.engine.partition import Partition
 from consumer.settings import EngineSettings
 

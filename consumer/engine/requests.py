@@ -15,7 +15,8 @@ import time
 from consumer.bitrix.readback import READ_METHODS
 from consumer.core.mapping import BATCHABLE, RENAME
 from consumer.core.state import IN_FLIGHT, QUEUED, ChatState, PendingCall
-from consumer.dispatch.dispatcher import BATCH_LIMIT, Batch, DispatchPort
+from consumer.dispatch.batch import Batch, DispatchPort
+from consumer.dispatch.dispatcher import BATCH_LIMIT
 from consumer.engine.partition import Partition
 from consumer.engine.planner import Group, PlanLimits, RequestPlanner
 from consumer.engine.reconciler import Reconciler

@@ -29,7 +29,8 @@ from consumer.core.events import (
 )
 from consumer.core.mapping import BATCHABLE, SEND
 from consumer.core.state import IN_FLIGHT
-from consumer.dispatch.dispatcher import Batch, Dispatcher
+from consumer.dispatch.batch import Batch
+from consumer.dispatch.dispatcher import Dispatcher
 from consumer.engine.engine import Engine
 from consumer.observability.metrics import Metrics
 from consumer.settings import Settings

@@ -20,7 +20,8 @@ from consumer.codec import ChatEventEncoder
 from consumer.core.events import ChatRenamed, MessageSent
 from consumer.core.mapping import RENAME, SEND
 from consumer.core.state import PendingCall
-from consumer.dispatch.dispatcher import Batch, BatchDone, CallResult, Dispatcher
+from consumer.dispatch.batch import Batch, BatchDone, CallResult
+from consumer.dispatch.dispatcher import Dispatcher
 from consumer.observability.metrics import Metrics
 from consumer.settings import HttpSettings, PortalSettings, RetrySettings
 from consumer.simulator import SimulatorConfig, SimulatorServer

@@ -12,7 +12,8 @@ from prometheus_client import CollectorRegistry
 
 from consumer.bitrix.readback import HISTORY
 from consumer.core.state import PendingCall
-from consumer.dispatch.dispatcher import UNKNOWN_OUTCOME, Batch, BatchDone, Dispatcher
+from consumer.dispatch.batch import Batch, BatchDone
+from consumer.dispatch.dispatcher import UNKNOWN_OUTCOME, Dispatcher
 from consumer.errors import AmbiguousError, PermanentError
 from consumer.observability.metrics import Metrics
 from consumer.settings import RetrySettings

@@ -9,7 +9,7 @@ from typing import Any
 
 from consumer.bitrix.readback import HISTORY, Verdict
 from consumer.core.state import ChatState, PendingCall, PortalChat
-from consumer.dispatch.dispatcher import CallResult
+from consumer.dispatch.batch import CallResult
 from consumer.engine.partition import Partition
 from consumer.engine.reconciler import Reconciler, Reconciliation
 from consumer.settings import EngineSettings
