@@ -137,9 +137,10 @@ def rows() -> list[Row]:
                 ),
                 stat(
                     "Ready / up",
-                    "Replicas reporting ready (assigned and restored) and replicas scraped.",
+                    "Replicas reporting ready (joined the group, restored what they own, not "
+                    "draining) and replicas scraped (whatever the job is called).",
                     Target(f"sum(imconnector_ready{{{SEL}}})", "ready"),
-                    Target(f'sum(up{{job="imconnector-consumer", {SEL}}})', "up"),
+                    Target(f"sum(up{{{SEL}}})", "up"),
                     text_mode="value_and_name",
                 ),
                 stat(
@@ -544,7 +545,8 @@ def rows() -> list[Row]:
                 ),
                 timeseries(
                     "Ready by pod",
-                    "1 when the replica's assigned partitions are restored.",
+                    "1 when the replica joined the group, restored what it owns and is not "
+                    "draining (a replica without partitions is ready too).",
                     Target(f"max by (pod) (imconnector_ready{{{SEL}}})", "{{pod}}"),
                     width=6,
                 ),
