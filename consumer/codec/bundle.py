@@ -51,9 +51,8 @@ def writer_risks(schema: Any) -> tuple[str | None, bool]:
 
     `problem`: why it cannot be read safely at all — not a record, or an array/map of
     zero-width items (a 100-byte record could declare 2^60 items that take forever to
-    skip). `recursive`: it has a recursive type, which fastavro's compiled reader follows
-    without bound (a deeply nested record crashes the process), so such writers are read
-    with the pure-Python reader, whose recursion limit turns depth into poison.
+    skip). `recursive`: it has a recursive type, which fastavro's reader follows without
+    bound (a deeply nested record crashes the process), so the decoder refuses such writers.
     """
     if not isinstance(schema, dict) or schema.get("type") != "record":
         return "the writer schema is not a record", False

@@ -17,7 +17,6 @@ from dataclasses import replace
 from typing import Any, Literal, NamedTuple, cast
 
 import fastavro
-from fastavro import _read_py  # pure-Python reader: bounded recursion for recursive writers
 
 from consumer.codec.bundle import get_bundle, schema_fingerprint, writer_risks
 from consumer.codec.records import event_from_record, event_to_record
@@ -44,7 +43,7 @@ class _WriterCheck(NamedTuple):
 
     writer: Any
     risk: str | None  # why its records cannot be read safely, if they cannot
-    recursive: bool  # needs the pure-Python reader (bounded recursion)
+    recursive: bool  # refused: no reader bounds its nesting
     is_reader: bool  # the bundled reader's canonical form: the generated reader applies
 
 
@@ -107,6 +106,12 @@ class ChatEventDecoder:
                 same = risk is None and self._is_reader(writer)
                 checked = _WriterCheck(writer, risk, recursive, same)
                 self._checked[id(writer)] = checked
+            if checked.risk is None and checked.recursive:
+                checked = checked._replace(
+                    risk="it has a recursive type, whose nesting no reader bounds (a deep "
+                    "value would exhaust the stack): register the writer without recursion"
+                )
+                self._checked[id(writer)] = checked
             if checked.risk is not None:
                 raise SchemaMismatch(
                     f"schema id {schema_id} cannot be read safely: {checked.risk}",
@@ -114,7 +119,7 @@ class ChatEventDecoder:
                 )
             if checked.is_reader:
                 return self._read(value, 5, self._bundle.reader)
-            return self._read(value, 5, writer, pure_python=checked.recursive)
+            return self._read(value, 5, writer)
         if value[:2] == SINGLE_OBJECT_MAGIC:
             if len(value) < 10:
                 raise UnknownWireFormat("single-object header truncated", code="TRUNCATED")
@@ -139,7 +144,7 @@ class ChatEventDecoder:
         except Exception:  # noqa: BLE001 - an odd schema is simply not the reader
             return False
 
-    def _read(self, value: bytes, offset: int, writer: Any, pure_python: bool = False) -> ChatEvent:
+    def _read(self, value: bytes, offset: int, writer: Any) -> ChatEvent:
         """Decode exactly one datum, refusing corrupt bytes fastavro would accept.
 
         Records written with the bundled reader itself (every single-object record of the
@@ -166,11 +171,9 @@ class ChatEventDecoder:
                     code="TRAILING_BYTES",
                 )
             return cast(ChatEvent, event)
-        return self._read_fastavro(value, offset, writer, pure_python)
+        return self._read_fastavro(value, offset, writer)
 
-    def _read_fastavro(
-        self, value: bytes, offset: int, writer: Any, pure_python: bool = False
-    ) -> ChatEvent:
+    def _read_fastavro(self, value: bytes, offset: int, writer: Any) -> ChatEvent:
         """`_read` with fastavro: read with the writer alone, prove the bytes canonical by
         re-encoding them, then (for a writer other than the reader) resolve.
 
@@ -184,7 +187,7 @@ class ChatEventDecoder:
         """
         stream = io.BytesIO(value)
         stream.seek(offset)
-        read = _read_py.schemaless_reader if pure_python else fastavro.schemaless_reader
+        read = fastavro.schemaless_reader
         bundle = self._bundle
         try:
             record = read(

@@ -92,8 +92,10 @@ class OpsServer:
 
     def alive(self) -> tuple[bool, str]:
         """The poll loop ran within `stale_after_s`."""
-        last = self.metrics.poll_heartbeat._value.get()
-        if last == 0:
+        last = self.metrics.registry.get_sample_value(
+            "imconnector_poll_loop_last_seen_timestamp_seconds"
+        )
+        if not last:
             return True, "starting"
         age = time.time() - last
         if age > self._stale_after:
