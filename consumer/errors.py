@@ -8,6 +8,7 @@ ConsumerError
 │   └── SchemaMismatch                  bytes do not match the writer schema
 ├── RegistryUnavailable                 transient: wait and retry, never dead-letter
 ├── TransactionStuck                    a Kafka commit blocks for good: exit, restart restores
+├── PartitionsLost                      the group took the partitions away: rejoin, restore
 └── BitrixError                         a Bitrix24 call failed (`error_class` says how)
     ├── PermanentError                  ERROR_ARGUMENT, NOT_ACTIVE_LINE, ...: dead-letter
     ├── CausalWait                      CHAT_RENAMING_FAILED before a session: hold
@@ -79,6 +80,14 @@ class TransactionStuck(ConsumerError):
     next instance fences the stuck producer and restores from the changelog."""
 
     exit_code = 3
+
+
+class PartitionsLost(ConsumerError):
+    """The group gave this member's partitions to others without a revoke (its session
+    expired: the process was paused or cut off while a broker restarted). What it holds in
+    memory may be behind what the next owner does, so nothing more of it is committed: the
+    engine closes, aborting its open transaction, and the service starts a fresh engine
+    that joins again and restores from the changelog (no process restart)."""
 
 
 class BitrixError(ConsumerError):

@@ -15,7 +15,7 @@ from consumer import __version__
 from consumer.bitrix.oauth import TokenStore
 from consumer.dispatch.dispatcher import Dispatcher
 from consumer.engine.engine import Engine
-from consumer.errors import TransactionStuck
+from consumer.errors import PartitionsLost, TransactionStuck
 from consumer.inbound.service import InboundInService
 from consumer.kafka.tokens import token_store_for
 from consumer.observability.health import OpsServer
@@ -60,11 +60,11 @@ def run_service(settings: Settings) -> int:
     """Run until SIGTERM/SIGINT; drain within the grace period; return the exit code."""
     metrics = process_metrics()
     store = token_store_for(settings)  # one rotation chain for the engine and the pull loop
-    engine = build_engine(settings, metrics, token_store=store)
+    engines = [build_engine(settings, metrics, token_store=store)]  # the last one runs
     inbound = InboundInService(settings, metrics, store)
     ops = OpsServer(
         metrics,
-        lambda: engine.ready,
+        lambda: engines[-1].ready,
         host=settings.http_host,
         port=settings.http_port,
         post_routes=inbound.routes,
@@ -77,14 +77,25 @@ def run_service(settings: Settings) -> int:
             return
         stopping.set()
         logger.info("signal %d: draining (grace %.0fs)", signum, settings.shutdown_grace_s)
-        engine.stop()
+        engines[-1].stop()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     # `kill -USR1 <pid>` prints every thread's stack to stderr: what a stuck pod is doing.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
-        engine.run()
+        while True:
+            try:
+                engines[-1].run()
+                break
+            except PartitionsLost as exc:
+                # The old engine closed without committing; a new one joins and restores.
+                logger.warning("%s", exc)
+                if stopping.is_set():
+                    break
+                engines[:] = [build_engine(settings, metrics, token_store=store)]
+                if stopping.is_set():  # a signal between the check and the swap
+                    engines[-1].stop()
     except TransactionStuck as exc:
         # The committer thread is blocked inside librdkafka: an orderly exit would wait for
         # it (interpreter shutdown joins it). Nothing is lost: the transaction was not

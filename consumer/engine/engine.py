@@ -38,7 +38,7 @@ from consumer.engine.outputs import Outputs
 from consumer.engine.partition import REGISTRY, RESTORING, Held, Partition
 from consumer.engine.requests import Requests
 from consumer.engine.restorer import Restorer
-from consumer.errors import PoisonRecord, RegistryUnavailable, TransactionStuck
+from consumer.errors import PartitionsLost, PoisonRecord, RegistryUnavailable, TransactionStuck
 from consumer.kafka.clients import consumer_config, producer_config
 from consumer.kafka.records import REDRIVE_HEADER, record_headers, record_position
 from consumer.kafka.topics import Topics
@@ -103,6 +103,7 @@ class Engine:
         self._record_limit = 1_000_000
         self._source_partitions = 1
         self._stuck = False
+        self._lost = False  # the group took the partitions away: commit nothing more
         self.started = threading.Event()
 
     # -- life cycle ------------------------------------------------------------------------
@@ -171,7 +172,10 @@ class Engine:
         consumer, writer = self._consumer, self.writer
         if writer is not None:
             try:  # the producer must be idle before anything else touches it
-                self._settle(submit=not self.dispatcher.lost)
+                if self._lost:  # a commit under way ends; the open transaction is aborted
+                    writer.settle()
+                else:
+                    self._settle(submit=not self.dispatcher.lost)
             except KafkaException as exc:
                 logger.warning("the last transaction failed: %s", exc)
         if consumer is not None:
@@ -542,6 +546,8 @@ class Engine:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.metrics.rebalances.labels(type="revoke").inc()
+        if self._lost:
+            return
         keys = [(tp.topic, tp.partition) for tp in partitions]
         parts = [self.parts[key] for key in keys if key in self.parts]
         for part in parts:
@@ -571,10 +577,18 @@ class Engine:
         self.metrics.restoring_partitions.set(len(self._restorer))
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """The partitions are someone else's already: nothing of theirs is sent or
+        committed from here (`PartitionsLost` ends the run; the service runs a new engine)."""
         self.metrics.rebalances.labels(type="lost").inc()
-        raise KafkaException(
-            KafkaError(
-                KafkaError._FATAL,
-                "partitions lost (session timeout); restarting to restore state from the changelog",
-            )
+        self._lost = True
+        self.dispatcher.revoke({part.epoch for part in self.parts.values()})
+        for part in self.parts.values():
+            self.metrics.forget_partition(part.topic, part.partition)
+        self.parts.clear()
+        self.metrics.assigned_partitions.set(0)
+        self._joined = False
+        raise PartitionsLost(
+            f"the group took {len(partitions)} partitions from this member without a revoke "
+            "(its session expired: was the process paused, or a broker away?); rejoining and "
+            "restoring their state from the changelog"
         )

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 import random
+import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
@@ -23,6 +27,7 @@ from consumer.core.mapping import RENAME, SEND, element_for
 from consumer.core.ordering import Lane
 from consumer.demo.workload import chat_script, interleave
 from consumer.engine.engine import Engine
+from consumer.errors import TransactionStuck
 from consumer.observability.metrics import Metrics
 from consumer.service import build_engine
 from consumer.settings import Settings
@@ -428,3 +433,43 @@ def check_calls(
                 repeats += 1
         assert matched == len(expected), f"{chat}: {expected[matched:]} never applied"
     return repeats
+
+
+class Replica:
+    """`python -m consumer run` as one member of the group, restartable."""
+
+    def __init__(self, name: str, env: dict[str, str], logs: Path) -> None:
+        self.name = name
+        self.env = {**env, "IMCONNECTOR_INSTANCE_ID": name}
+        self.logs = logs
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+        self.stuck_exits = 0
+
+    def start(self) -> None:
+        self.starts += 1
+        log = (self.logs / f"{self.name}-{self.starts}.log").open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "consumer", "run"],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+
+    def log(self) -> str:
+        return (self.logs / f"{self.name}-{self.starts}.log").read_text(errors="replace")
+
+    def alive(self) -> bool:
+        """Running; restarted first, as Kubernetes would, if it exited because a Kafka
+        commit was stuck (exit status 3, `TransactionStuck`: the documented way out of a
+        librdkafka call that blocks past its timeout)."""
+        if self.proc is not None and self.proc.poll() == TransactionStuck.exit_code:
+            self.stuck_exits += 1
+            self.start()
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(30)

@@ -24,7 +24,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from dataclasses import replace
@@ -35,12 +34,12 @@ import pytest
 from consumer.codec import ChatEventEncoder, SchemaRegistryClient
 from consumer.core.events import MessageSent
 from consumer.demo.workload import chat_script, interleave
-from consumer.errors import TransactionStuck
 from consumer.simulator import SimulatorConfig, SimulatorServer
 from tests.integration.harness import (
     CONNECTOR,
     LINE,
     PORTAL,
+    Replica,
     check_calls,
     expected_calls,
     final_outcomes,
@@ -73,46 +72,6 @@ def with_big_messages(scripts, rng):
         event = scripts[i][j]
         scripts[i][j] = replace(event, payload=replace(event.payload, text=BIG_TEXT))
     return scripts
-
-
-class Replica:
-    """`python -m consumer run` as one member of the group, restartable."""
-
-    def __init__(self, name: str, env: dict[str, str], logs: Path) -> None:
-        self.name = name
-        self.env = {**env, "IMCONNECTOR_INSTANCE_ID": name}
-        self.logs = logs
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.starts = 0
-        self.stuck_exits = 0
-
-    def start(self) -> None:
-        self.starts += 1
-        log = (self.logs / f"{self.name}-{self.starts}.log").open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "consumer", "run"],
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        log.close()
-
-    def log(self) -> str:
-        return (self.logs / f"{self.name}-{self.starts}.log").read_text(errors="replace")
-
-    def alive(self) -> bool:
-        """Running; restarted first, as Kubernetes would, if it exited because a Kafka
-        commit was stuck (exit status 3, `TransactionStuck`: the documented way out of a
-        librdkafka call that blocks past its timeout)."""
-        if self.proc is not None and self.proc.poll() == TransactionStuck.exit_code:
-            self.stuck_exits += 1
-            self.start()
-        return self.proc is not None and self.proc.poll() is None
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(30)
 
 
 def test_chaos(kafka_bootstrap, topic_factory, unique, tmp_path):
