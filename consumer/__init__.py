@@ -1,4 +1,5 @@
-"""imconnector-consumer: mirrors Avro chat events from Kafka into Bitrix24 Open Channels."""
+"""imconnector-consumer: chat events from Kafka into Bitrix24 Open Channels, and the
+operators' events from Bitrix24 back into Kafka."""
 
 from __future__ import annotations
 

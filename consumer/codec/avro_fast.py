@@ -1,12 +1,13 @@
 """A strict Avro binary reader generated from one schema: Python source specialised to it,
 compiled once, building the caller's model objects directly.
 
-Why generated code: fastavro's generic reader plus the re-encoding that proves the bytes
-canonical cost ~35 us per chat event; straight-line code that knows every field's type
-reads the same event in a few microseconds. Why strict: the generated reader accepts
-exactly the bytes fastavro's writer produces for what they decode to (minimal varints,
-union indexes in range, one array block, booleans 0/1, ints within 32 bits), so a corrupt
-record can never decode to a *different* valid-looking event and no re-encode is needed.
+Why generated code: every record is decoded on the poll loop, and fastavro's generic
+reader plus the re-encoding that proves the bytes canonical does several times the work of
+straight-line code that knows every field's type (docs/adr/0003 says what it is worth end
+to end). Why strict: the generated reader accepts exactly the bytes fastavro's writer
+produces for what they decode to (minimal varints, union indexes in range, one array
+block, booleans 0/1, ints within 32 bits), so a corrupt record can never decode to a
+*different* valid-looking event and no re-encode is needed.
 
 Supported: records, unions, arrays, null, boolean, int, long, string. Anything else
 (bytes, float, double, enum, fixed, map, logical types, recursive types) raises

@@ -1,12 +1,11 @@
 """`@frozen`: immutable value classes that are cheap to build.
 
 `@dataclass(frozen=True)` sets every field through `object.__setattr__`, which makes
-building one about five times slower than building a plain slotted dataclass (3.5 µs
-against 0.7 µs for nine fields on the 2-core machine). The engine builds several per event
-(the decoded event, its payload, its outcome), so the classes marked `@frozen` are frozen
-for the type checker (PEP 681 `frozen_default`; `mypy --strict` refuses an assignment to a
-field) and plain slotted dataclasses at run time, equal and hashable by value as frozen
-ones are.
+building one several times slower than building a plain slotted dataclass, and the engine
+builds several per event (the decoded event, its payload, its outcome). So the classes
+marked `@frozen` are frozen for the type checker (PEP 681 `frozen_default`; `mypy --strict`
+refuses an assignment to a field) and plain slotted dataclasses at run time, equal and
+hashable by value as frozen ones are.
 """
 
 from __future__ import annotations

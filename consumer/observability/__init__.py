@@ -1,0 +1,1 @@
+"""What operators see: metrics, librdkafka statistics, the probes and tracing."""

@@ -8,10 +8,9 @@ one warm-up run of the first variant on a workload of its own. Each run reports 
 (records with an outcome, duplicates included, over the time from `/readyz` to the last
 outcome), the service's CPU and the CPU the hypervisor stole.
 
-    python -m ops.bench.ab --variant compiled=. --variant interpreted=/tmp/ab-pure \\
-        --rounds 3
-    python -m ops.bench.ab --variant process=. \\
-        --variant thread=.:IMCONNECTOR_ENGINE__DISPATCH=thread
+    python -m ops.bench.ab --variant base=. --variant nogc=/tmp/ab-nogc --rounds 3
+    python -m ops.bench.ab --variant slots8=. \\
+        --variant slots12=.:IMCONNECTOR_ENGINE__MAX_IN_FLIGHT_REQUESTS=12
 
 See docs/benchmarks.md for the recorded results.
 """
