@@ -210,7 +210,10 @@ def build_parser() -> argparse.ArgumentParser:
     red.add_argument(
         "--error-class",
         action="append",
-        help="poison, permanent, causal_wait, auth, exhausted, parked, ambiguous (repeatable)",
+        help=(
+            "poison, permanent, causal_wait, auth, exhausted, parked, ambiguous, late, "
+            "invalid_event, too_large, lost (repeatable)"
+        ),
     )
     red.add_argument("--code", action="append", help="Bitrix24/decoder code (repeatable)")
     red.add_argument("--since", help="last failure at or after (ISO 8601 or epoch ms)")

@@ -52,9 +52,8 @@ class BatchDone:
 
 
 class DispatchPort(Protocol):
-    """What the engine needs of a dispatcher: `Dispatcher` (a thread of this process) and
-    `ProcessDispatcher` (a child process) both are one, and so is a test's wrapper around
-    either."""
+    """What the engine needs of a dispatcher: `Dispatcher` (an asyncio loop on a thread of
+    this process) is one, and so is a test's wrapper around it."""
 
     @property
     def in_flight(self) -> int: ...
@@ -64,9 +63,6 @@ class DispatchPort(Protocol):
     def revoke(self, epochs: set[int]) -> None: ...
 
     def set_share(self, share: float) -> None: ...
-
-    @property
-    def lost(self) -> bool: ...
 
     def start(self) -> None: ...
 

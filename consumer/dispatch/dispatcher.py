@@ -186,11 +186,6 @@ class Dispatcher:
         return fired
 
     @property
-    def lost(self) -> bool:
-        """Never: the loop thread lives as long as the process (see `ProcessDispatcher`)."""
-        return False
-
-    @property
     def in_flight(self) -> int:
         """Batches submitted and not yet drained."""
         with self._lock:

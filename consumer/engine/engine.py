@@ -50,8 +50,8 @@ from consumer.store.changelog import PartitionStore
 logger = logging.getLogger(__name__)
 
 REGISTRY_RETRY_S = (0.5, 30.0)  # first and longest wait before a record is read again
-# A commit running this long is stuck (twice transaction.timeout.ms): give up.
-STUCK_COMMIT_S = 60.0
+# A commit running this many times transaction.timeout.ms is stuck: give up on it.
+STUCK_COMMIT_TIMEOUTS = 2
 
 
 @dataclass(slots=True)
@@ -103,6 +103,7 @@ class Engine:
         self._record_limit = 1_000_000
         self._source_partitions = 1
         self._stuck = False
+        self._stuck_after_s = 60.0  # set from transaction.timeout.ms in run()
         self._lost = False  # the group took the partitions away: commit nothing more
         self.started = threading.Event()
 
@@ -129,6 +130,8 @@ class Engine:
         topics.wait_for_cluster()
         self._source_partitions = sum(topics.ensure(create_sources=self._create_sources).values())
         producer_conf = producer_config(settings, stats_cb=self.metrics.kafka.update)
+        timeout_ms = int(producer_conf.get("transaction.timeout.ms", 60_000))
+        self._stuck_after_s = STUCK_COMMIT_TIMEOUTS * timeout_ms / 1000
         limits = topics.record_limits(int(producer_conf.get("message.max.bytes", 1_000_000)))
         self._record_limit = limits.get(settings.changelog_topic(settings.source_topics[0]), 0)
         self.dispatcher.start()
@@ -175,7 +178,7 @@ class Engine:
                 if self._lost:  # a commit under way ends; the open transaction is aborted
                     writer.settle()
                 else:
-                    self._settle(submit=not self.dispatcher.lost)
+                    self._settle()
             except KafkaException as exc:
                 logger.warning("the last transaction failed: %s", exc)
         if consumer is not None:
@@ -201,9 +204,7 @@ class Engine:
             self._consumer.pause(assigned)
         self._settle()  # its requests leave, and are waited for like the others
         deadline = time.monotonic() + grace
-        while (
-            self.dispatcher.in_flight and time.monotonic() < deadline and not self.dispatcher.lost
-        ):
+        while self.dispatcher.in_flight and time.monotonic() < deadline:
             self.dispatcher.wait(0.05)
             self._apply_completions()
         self._commit()
@@ -248,7 +249,7 @@ class Engine:
         if self.writer.committing:
             self._settle(wait=False)
             stuck = self.writer.commit_age()
-            if stuck > STUCK_COMMIT_S:
+            if stuck > self._stuck_after_s:
                 self._stuck = True
                 raise TransactionStuck(
                     f"a Kafka transaction has been committing for {stuck:.0f}s, long past "
@@ -558,11 +559,7 @@ class Engine:
         self.dispatcher.revoke({part.epoch for part in parts})
         self._settle()  # its requests leave (unless revoked), and are waited for
         deadline = time.monotonic() + min(self.settings.shutdown_grace_s, 15.0)
-        while (
-            any(part.busy for part in parts)
-            and time.monotonic() < deadline
-            and not self.dispatcher.lost
-        ):
+        while any(part.busy for part in parts) and time.monotonic() < deadline:
             self.dispatcher.wait(0.05)
             self._apply_completions()
         for _ in range(3):  # the revoked partitions' states must reach the changelog
