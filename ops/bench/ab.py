@@ -18,6 +18,7 @@ See docs/benchmarks.md for the recorded results.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -87,7 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup-events", type=int, default=30_000)
     parser.add_argument("--seed", type=int, default=20240917)
     parser.add_argument("--budget", type=float, default=240.0)
-    parser.add_argument("--bootstrap", default="127.0.0.1:9092")
+    parser.add_argument(
+        "--bootstrap", default=f"127.0.0.1:{os.environ.get('LOCAL_KAFKA_PORT', '9092')}"
+    )
     args = parser.parse_args(argv)
     variants: list[Variant] = args.variant
     run_id = f"ab-{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:6]}"

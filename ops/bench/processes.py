@@ -26,6 +26,7 @@ from ops.bench.workload import CONNECTOR, LINE, PORTAL
 ROOT = Path(__file__).resolve().parents[2]
 OUTCOMES = "imconnector_event_outcomes_total"
 REBALANCES = "imconnector_rebalances_total"
+ASSIGNED = "imconnector_assigned_partitions"
 
 
 def log(text: str) -> None:

@@ -31,6 +31,7 @@ from consumer.settings import EngineSettings
 from ops.bench.measure import added_latencies, call_summary, internals, latencies, percentile
 from ops.bench.naive import NaiveConsumer, NaiveResult
 from ops.bench.processes import (
+    ASSIGNED,
     OUTCOMES,
     REBALANCES,
     ROOT,
@@ -50,6 +51,7 @@ from ops.bench.table import (
 )
 from ops.bench.workload import (
     DUPLICATE_RATE,
+    PARTITIONS,
     Workload,
     create_topics,
     delete_run_topics,
@@ -140,8 +142,10 @@ class Bench:
         self, label: str, topic: str, workload: Workload, replicas: int, timeout: float
     ) -> dict[str, Any]:
         """`replicas` service processes in one group (how the service scales: one per core
-        or pod), 0 ms latency. Timed from the moment all are ready (joined, restored), over
-        the records finished after that moment; a rebalance after it voids the run."""
+        or pod), 0 ms latency. Timed from the moment all are ready (joined, restored) and
+        each owns partitions (a cooperative rebalance takes two rounds, and a member that
+        owns nothing yet is ready), over the records finished after that moment; a
+        rebalance after it voids the run."""
         self.sim.reset(0.0)
         records = len(workload.records)
         group = self.name(label)
@@ -168,9 +172,18 @@ class Bench:
                         revokes += sample.value
             return done, revokes
 
+        def settled() -> bool:
+            owned = [
+                sum(s.value for s in engine.samples() if s.name == ASSIGNED) for engine in engines
+            ]
+            return all(owned) and sum(owned) == PARTITIONS
+
         try:
             for engine in engines:
                 engine.wait_ready()
+            deadline = time.monotonic() + 60
+            while not settled() and time.monotonic() < deadline:
+                time.sleep(0.1)
             start_done, start_revokes = totals()
             started = time.monotonic()
             cpu0 = sum(cpu_seconds(e.proc.pid) for e in engines), cpu_seconds(self.sim.proc.pid)
@@ -430,7 +443,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "from the records it finished (default: long enough for the whole workload at 80 %% "
         "of the target rate, at least 60; quick 30)",
     )
-    parser.add_argument("--bootstrap", default="127.0.0.1:9092")
+    parser.add_argument(
+        "--bootstrap",
+        # the broker `ops/kafka/local-kafka.sh start` runs (LOCAL_KAFKA_PORT moves it)
+        default=f"127.0.0.1:{os.environ.get('LOCAL_KAFKA_PORT', '9092')}",
+    )
     parser.add_argument(
         "--engine-env",
         action="append",
