@@ -152,10 +152,13 @@ def ready_times(produced: Iterable[tuple[ChatEvent, float]]) -> dict[str, float]
 
 
 def _match(
-    since: list[tuple[ChatEvent, float]], calls: list[dict[str, Any]]
+    since: list[tuple[ChatEvent, float]],
+    calls: list[dict[str, Any]],
+    counted_from: float = float("-inf"),
 ) -> tuple[list[float], int]:
     """Per event of `since` (in chat order) whose element a call carries: that call's
-    `wall_time` minus the event's start time; and how many events expect a call.
+    `wall_time` minus the event's start time; and how many events expect a call. Events
+    that start before `counted_from` are matched but give no sample.
 
     Events are matched to request elements by method + chat id + message id(s) + text (or
     chat id + name for renames), first come first matched; the first answered call that
@@ -174,7 +177,9 @@ def _match(
         for ident in identities(call["method"], call["params"]):
             starts = pending.get(ident)
             if starts:
-                out.append(call["wall_time"] - starts.popleft())
+                start = starts.popleft()
+                if start >= counted_from:
+                    out.append(call["wall_time"] - start)
     return out, expected
 
 
@@ -187,15 +192,18 @@ def latencies(
 
 
 def added_latencies(
-    produced: list[tuple[ChatEvent, float]], calls: list[dict[str, Any]]
+    produced: list[tuple[ChatEvent, float]],
+    calls: list[dict[str, Any]],
+    counted_from: float = float("-inf"),
 ) -> tuple[list[float], int]:
     """The latency the service adds, per event: completion of the call carrying its element
     minus `ready_times` (the latest record timestamp among the event and its predecessors
     in its chat). Returns (latencies in seconds, events expected to make a call).
 
     A consumer that does not keep a chat's order (the naive one) can call an event before a
-    predecessor arrived: its added latency is then negative.
+    predecessor arrived: its added latency is then negative. `counted_from`: events ready
+    before it give no sample (a fresh process's first second of traffic).
     """
     ready = ready_times(produced)
     events = in_chat_order(first_copies(produced))
-    return _match([(event, ready[event.event_id]) for event, _ in events], calls)
+    return _match([(event, ready[event.event_id]) for event, _ in events], calls, counted_from)

@@ -46,6 +46,7 @@ from ops.bench.table import (
     ADDED_LATENCY_RATE,
     QUIET_RATE,
     TARGET_RECORDS_PER_S,
+    WARM_UP_S,
     build_details,
     build_table,
 )
@@ -321,6 +322,7 @@ class Bench:
         calls = self.sim.calls()
         values, expected = latencies(produced, calls)
         added, _ = added_latencies(produced, calls)
+        warm, _ = added_latencies(produced, calls, counted_from=stamps[0] + WARM_UP_S)
         result: dict[str, Any] = {
             "events_per_s": events_per_s,
             "records_per_s": events_per_s * len(workload.records) / workload.unique,
@@ -339,6 +341,8 @@ class Bench:
                 added_p99=percentile(added, 99),
                 added_max=max(added),
             )
+        if warm:
+            result.update(warm_p50=percentile(warm, 50), warm_p99=percentile(warm, 99))
         if values and added:
             log(
                 f"latency {label}: {len(values)} calls matched of {expected} events at "
