@@ -84,7 +84,12 @@ def test_a_member_that_lost_its_partitions_rejoins_without_exiting(
         produce(kafka_bootstrap, topic, early, encoders)
         paused.start()
         other.start()
-        wait_until(lambda: settled_members(kafka_bootstrap, group) == [2, 2], 60, "both members")
+        wait_until(
+            lambda: settled_members(kafka_bootstrap, group) == [2, 2],
+            60,
+            "both members",
+            interval=0.5,
+        )
         wait_until(
             lambda: len(final_outcomes(kafka_bootstrap, outcomes)[0]) >= len(early),
             120,
@@ -105,9 +110,19 @@ def test_a_member_that_lost_its_partitions_rejoins_without_exiting(
             produce(kafka_bootstrap, topic, late[: len(late) // 2], encoders)
         finally:
             paused.proc.send_signal(signal.SIGCONT)
-        wait_until(lambda: "without a revoke" in paused.log(), 60, "the member to see its loss")
+        wait_until(
+            lambda: "without a revoke" in paused.log(),
+            60,
+            "the member to see its loss",
+            interval=0.2,
+        )
         produce(kafka_bootstrap, topic, late[len(late) // 2 :], encoders)
-        wait_until(lambda: settled_members(kafka_bootstrap, group) == [2, 2], 60, "the member back")
+        wait_until(
+            lambda: settled_members(kafka_bootstrap, group) == [2, 2],
+            60,
+            "the member back",
+            interval=0.5,
+        )
         wait_until(
             lambda: len(final_outcomes(kafka_bootstrap, outcomes)[0]) >= len(distinct),
             180,
