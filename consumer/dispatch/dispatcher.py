@@ -2,15 +2,13 @@
 
 The engine hands over `Batch`es (one method, one portal/connector/line, the head call of
 several chats, each chat at most once) and collects `BatchDone`s. Here live the portal
-policies: the leaky bucket, the operating budget, the circuit breaker, retries with
-exponential backoff and full jitter, the token refresh (in the client), and the mapping
-of per-element results back to their events.
-
-Reads that look a send of unknown outcome up (`consumer.bitrix.readback.READ_METHODS`)
-are calls too: several chats' reads share one REST `batch` request, and each comes back
-with its `result`. With reconciliation on (`reconcile_sends`) a send whose outcome is
-unknown (a timeout, reset, 5xx or unreadable answer after it left) is not sent again
-here: it comes back as `UNKNOWN_OUTCOME`, and the engine looks it up before it resends.
+policies (leaky bucket, operating budget, circuit breaker, retries with full jitter, the
+token refresh in the client) and the mapping of per-element results back to events.
+Reads that look a send of unknown outcome up (`readback.READ_METHODS`) are calls too:
+several chats' reads share one REST `batch` request, each coming back with its `result`.
+With `reconcile_sends` on, a send of unknown outcome (a timeout, reset, 5xx or unreadable
+answer after it left) is not sent again here: it comes back as `UNKNOWN_OUTCOME`, and the
+engine looks it up before it resends.
 """
 
 from __future__ import annotations
