@@ -145,10 +145,13 @@ def test_external_lag_alert_fires_with_every_pod_down(
         stack.callback(prom.stop)
 
         def lag(source: str) -> float | None:
+            # One exporter serves both shapes to both jobs: each view reads its own job's
+            # series (a sum over both would count the lag twice once both have scraped).
             query = {
-                "keda": f'keda_scaler_metrics_value{{exported_namespace="{NAMESPACE}", '
-                f'scaledObject="{SCALED_OBJECT}"}}',
-                "kafka-exporter": f'sum(kafka_consumergroup_lag{{consumergroup="{group}"}})',
+                "keda": f'keda_scaler_metrics_value{{job="keda-operator", '
+                f'exported_namespace="{NAMESPACE}", scaledObject="{SCALED_OBJECT}"}}',
+                "kafka-exporter": f'sum(kafka_consumergroup_lag{{job="kafka-exporter", '
+                f'consumergroup="{group}"}})',
             }[source]
             samples = prom.query(query)
             return float(samples[0]["value"][1]) if samples else None
