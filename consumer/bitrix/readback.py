@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from consumer.core.state import PortalChat, portal_id
+from consumer.observability.metrics import RECONCILE_FALLBACK_REASONS
 
 HISTORY = "imopenlines.session.history.get"
 DIALOG = "imopenlines.dialog.get"
@@ -42,16 +43,7 @@ MAX_READS = 3  # dialog.get, the session known, then the chat's newer session
 
 # Why a lookup gave up (the fallback policy then decides): label values of
 # `imconnector_send_reconciliations_total{result="fallback", reason}`.
-FALLBACK_REASONS = (
-    "disabled",
-    "id_not_kept",
-    "no_user",
-    "session_closed",
-    "access_denied",
-    "method_missing",
-    "read_error",
-    "unreadable",
-)
+FALLBACK_REASONS = RECONCILE_FALLBACK_REASONS
 _ACCESS_CODES = frozenset({"ACCESS_DENIED", "ACCESS_ERROR", "insufficient_scope"})
 _MISSING_CODES = frozenset({"ERROR_METHOD_NOT_FOUND", "METHOD_NOT_FOUND"})
 

@@ -23,6 +23,19 @@ from prometheus_client import (
 
 from consumer.observability.librdkafka_stats import LibrdkafkaStats
 
+# Why a lookup of a send of unknown outcome gave up (`consumer.bitrix.readback` decides):
+# the `reason` label of `imconnector_send_reconciliations_total{result="fallback"}`.
+RECONCILE_FALLBACK_REASONS = (
+    "disabled",
+    "id_not_kept",
+    "no_user",
+    "session_closed",
+    "access_denied",
+    "method_missing",
+    "read_error",
+    "unreadable",
+)
+
 PREFIX = "imconnector"
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -331,16 +344,7 @@ class Metrics:
             self.transactions.labels(result=result)
         for result in ("present", "resent", "fallback", "exhausted"):
             self.reconciliations.labels(result=result)
-        for reason in (  # consumer.bitrix.readback.FALLBACK_REASONS
-            "disabled",
-            "id_not_kept",
-            "no_user",
-            "session_closed",
-            "access_denied",
-            "method_missing",
-            "read_error",
-            "unreadable",
-        ):
+        for reason in RECONCILE_FALLBACK_REASONS:
             self.reconcile_fallbacks.labels(reason=reason)
         for reason in ("timeout", "chat_buffer_full", "buffers_full"):
             self.sequence_gaps.labels(reason=reason)
